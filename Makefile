@@ -1,0 +1,36 @@
+# Two commands for users: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast benchmark-speed benchmark-quality clean
+
+$(STAMP): requirements.txt requirements-test.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m monai_ext demo --output_dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+benchmark-speed: $(STAMP)
+	$(PY) scripts/benchmark_speed.py
+
+benchmark-quality: $(STAMP)
+	$(PY) scripts/benchmark_quality.py all
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,12 @@
+# Copyright (c) weaklabel-bundles contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Ignite handlers: checkpoints and resume, determinism, loss-term logging, self-training rounds."""
+
+from __future__ import annotations
+
+from .checkpoint import TrainingCheckpoint, unwrap_module
+from .determinism import EpochSeeder
+from .loss_terms import LossTermsLogger
+from .pseudo_rounds import PseudoLabelRounds
+
+__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "PseudoLabelRounds"]
