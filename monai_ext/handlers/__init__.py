@@ -7,6 +7,7 @@ from __future__ import annotations
 from .checkpoint import TrainingCheckpoint, unwrap_module
 from .determinism import EpochSeeder
 from .loss_terms import LossTermsLogger
+from .metrics_json import MetricsJsonWriter
 from .pseudo_rounds import PseudoLabelRounds
 
-__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "PseudoLabelRounds"]
+__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "MetricsJsonWriter", "PseudoLabelRounds"]
