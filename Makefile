@@ -9,9 +9,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast benchmark-speed benchmark-quality clean
 
-$(STAMP): requirements.txt requirements-test.txt setup.py
+$(STAMP): requirements.txt requirements-test.txt requirements-label.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q -r requirements-label.txt -c requirements.txt && $(PIP) install -q --no-deps $$(sed -n 's/^#nodeps //p' requirements-label.txt)
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -27,6 +27,7 @@ setup(
     install_requires=_reqs("requirements.txt"),
     extras_require={
         "test": _reqs("requirements-test.txt"),
+        "label": _reqs("requirements-label.txt"),  # then: pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
     },
     entry_points={"console_scripts": ["monai-ext=monai_ext.cli:main"]},
 )
