@@ -44,6 +44,20 @@ def run_bundle_config(bundle_root: str | Path, configs: list[str], *args: str) -
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _read_image(path: str) -> "np.ndarray":
+    """Any 2D image file as an array (channel-last as stored)."""
+    import numpy as np
+
+    if path.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
 class CLI:
     """weaklabel-bundles command line."""
 
@@ -52,6 +66,37 @@ class CLI:
         from monai_ext.data.sample import ensure_sample_data
 
         return ensure_sample_data(BUNDLE_ALIASES.get(bundle, bundle), root=root, force=force)
+
+    def evaluate(
+        self,
+        pred_dir: str,
+        gt_dir: str,
+        gt_format: str | None = None,
+        split: str | None = None,
+        metrics: str | None = None,
+        mode: str = "per_image",
+        output_dir: str | None = None,
+        allow_missing: bool = False,
+    ) -> None:
+        """Score a folder of predicted instance label images against a dataset folder; prints a table.
+
+        ``metrics`` is a comma-separated list (e.g. ``aji,pq,ap50``); ``mode`` is ``per_image`` or ``pooled``."""
+        from monai_ext.evaluation import evaluate_folder
+
+        names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else metrics
+        result = evaluate_folder(pred_dir, gt_dir, gt_format, split, names, mode, output_dir, allow_missing)
+        print(result["markdown"])
+
+    def overlay(self, image: str, output: str, label: str | None = None, pred: str | None = None) -> str:
+        """Write a PNG of ``image`` with ground-truth (``label``) and predicted (``pred``) instance contours."""
+        from monai_ext.evaluation import read_label_image
+        from monai_ext.visualize import save_overlay
+
+        img = _read_image(image)
+        lab = read_label_image(label) if label else None
+        prd = read_label_image(pred) if pred else None
+        save_overlay(output, img, label=lab, pred=prd)
+        return output
 
     def demo(self, output_dir: str = "demo_output", bundle: str = "coin", quick: bool = False) -> str:
         """Train, infer and evaluate a bundle on its sample data; predictions, metrics and overlays land in
