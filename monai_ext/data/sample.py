@@ -307,8 +307,13 @@ _WRITERS: dict[str, Callable[[Path, dict[str, Any], str | None], dict[str, Any]]
 }
 
 
-def write_sample_dataset(bundle: str, out_dir: str | os.PathLike, variant: str | None = None) -> Path:
+def write_sample_dataset(
+    bundle: str, out_dir: str | os.PathLike, variant: str | None = None, spec: dict[str, Any] | None = None
+) -> Path:
     """Write ``bundle``'s sample dataset into ``out_dir`` (created; no caching, no locking) with its marker file.
+
+    ``spec`` overrides entries of :data:`SAMPLE_SPECS` (e.g. ``{"shape": [1000, 1000], "test": 8}`` for speed
+    benchmarks at a dataset's standard image size).
 
     Used by :func:`ensure_sample_data`; call it directly to write a copy elsewhere (e.g. a test's ``tmp_path``).
     """
@@ -317,13 +322,14 @@ def write_sample_dataset(bundle: str, out_dir: str | os.PathLike, variant: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = _WRITERS[name](out, SAMPLE_SPECS[name], variant)
+    spec = {**SAMPLE_SPECS[name], **(spec or {})}
+    summary = _WRITERS[name](out, spec, variant)
     info = {
         "bundle": name,
         "variant": variant,
         "version": SAMPLE_VERSION,
         "fingerprint": fingerprint(name, variant),
-        "spec": SAMPLE_SPECS[name],
+        "spec": spec,
         "summary": summary,
         "seconds": round(time.perf_counter() - t0, 2),
         "generator": "monai_ext.data.sample",

@@ -9,5 +9,6 @@ from .determinism import EpochSeeder
 from .loss_terms import LossTermsLogger
 from .metrics_json import MetricsJsonWriter
 from .pseudo_rounds import PseudoLabelRounds
+from .timing import ThroughputTimer
 
-__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "MetricsJsonWriter", "PseudoLabelRounds"]
+__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "MetricsJsonWriter", "PseudoLabelRounds", "ThroughputTimer"]
