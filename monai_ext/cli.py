@@ -98,6 +98,21 @@ class CLI:
         save_overlay(output, img, label=lab, pred=prd)
         return output
 
+    def benchmark(self, kind: str = "speed", *names: str, out: str = "reports", quick: bool = False) -> None:
+        """``benchmark speed [bundles...]`` or ``benchmark quality {coin,points,em,spoco,all}`` (see scripts/)."""
+        if kind == "speed":
+            from monai_ext.benchmarks.speed import main as speed_main
+
+            speed_main([*names, "--out", out])
+        elif kind == "quality":
+            import runpy
+
+            script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_quality.py"
+            sys.argv = [str(script), *(names or ("all",)), "--out", out, *(["--quick"] if quick else [])]
+            runpy.run_path(str(script), run_name="__main__")
+        else:
+            raise SystemExit(f"unknown benchmark {kind!r}: use 'speed' or 'quality'")
+
     def demo(self, output_dir: str = "demo_output", bundle: str = "coin", quick: bool = False) -> str:
         """Train, infer and evaluate a bundle on its sample data; predictions, metrics and overlays land in
         ``output_dir``. ``quick`` merges the bundle's ``configs/tiny.json``."""

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,27 @@ from monai_ext.utils import atomic_write_bytes
 
 from ._ignite import Engine, Events
 
-__all__ = ["ThroughputTimer"]
+__all__ = ["ThroughputTimer", "reset_peak_rss"]
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; NaN where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS counter (Linux ``clear_refs``) and return the current RSS in MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
 
 
 def _batch_size(batch) -> int:
@@ -34,8 +52,10 @@ class ThroughputTimer:
     """Time every iteration from batch fetch to the end of its handlers (postprocessing included).
 
     On ``COMPLETED`` writes ``{"iterations", "samples", "median_s", "p25_s", "p75_s", "mean_s",
-    "samples_per_s", "peak_rss_mb", "peak_cuda_mb"}`` to ``output_path``; the first ``skip_first``
-    iterations (warm-up) are left out of the statistics. Attach it last so that it times the other handlers.
+    "samples_per_s", "baseline_rss_mb", "peak_rss_mb", "peak_cuda_mb"}`` to ``output_path``; the first
+    ``skip_first`` iterations (warm-up) are left out of the statistics. The peak-RSS counter is reset when the
+    engine starts (after imports and model construction), so ``peak_rss_mb - baseline_rss_mb`` is the memory
+    the run itself needed. Attach it last so that it times the other handlers.
 
     Args:
         output_path: JSON file to write.
@@ -48,11 +68,18 @@ class ThroughputTimer:
         self.times: list[float] = []
         self.sizes: list[int] = []
         self._t0 = 0.0
+        self.baseline_rss_mb = float("nan")
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop)
         engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.baseline_rss_mb = reset_peak_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
     def _start(self, engine: Engine) -> None:
         if torch.cuda.is_available():
@@ -68,8 +95,6 @@ class ThroughputTimer:
     def summary(self) -> dict[str, float]:
         times = np.asarray(self.times[self.skip_first:] or self.times, dtype=float)
         sizes = np.asarray(self.sizes[self.skip_first:] or self.sizes, dtype=float)
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rss_mb = rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20
         out = {
             "iterations": int(times.size),
             "samples": int(sizes.sum()),
@@ -78,7 +103,8 @@ class ThroughputTimer:
             "p75_s": float(np.percentile(times, 75)) if times.size else float("nan"),
             "mean_s": float(times.mean()) if times.size else float("nan"),
             "samples_per_s": float(sizes.sum() / times.sum()) if times.size and times.sum() > 0 else float("nan"),
-            "peak_rss_mb": float(rss_mb),
+            "baseline_rss_mb": float(self.baseline_rss_mb),
+            "peak_rss_mb": _status_mb("VmHWM"),
             "peak_cuda_mb": float(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else 0.0,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
