@@ -53,9 +53,13 @@ def test_configs_parse(name: str) -> None:
         for key in ("bundle_root", "device", "network_def"):
             assert key in parser, f"{combo}: missing {key}"
     train = _parser(root, "train.json")
-    for key in ("dataset_dir", "train#trainer", "train#trainer#max_epochs", "train#dataset#data", "train#handlers",
+    for key in ("dataset_dir", "train#trainer", "train#trainer#max_epochs", "train#dataset", "train#handlers",
                 "validate#evaluator", "validate#handlers"):
         assert key in train, f"train.json lacks {key}"
+    # a plain datalist, or (domain adaptation) one per domain
+    assert "train#dataset#data" in train or {"train#dataset#source", "train#dataset#target"} <= set(
+        k for k in ("train#dataset#source", "train#dataset#target") if k in train
+    ), "train.json's dataset has neither `data` nor `source`/`target`"
     infer = _parser(root, "inference.json")
     for key in ("inferer", "output_dir", "preprocessing", "postprocessing", "evaluator"):
         assert key in infer, f"inference.json lacks {key}"

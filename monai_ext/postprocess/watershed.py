@@ -1,0 +1,243 @@
+# Copyright (c) weaklabel-bundles contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Semantic -> instance splitting by watershed, 2D and 3D, for every bundle that needs it.
+
+- :func:`distance_watershed`: binary mask -> instances with markers at the peaks of the (smoothed) Euclidean
+  distance transform (COIN Eq. 5, SSA's post-processing): touching convex objects are split at their necks.
+- :func:`marker_watershed`: foreground probability + optional boundary probability -> instances with markers
+  from the object cores (foreground minus boundary), flooded over the boundary map (edge-aware; COIN's student,
+  DCAN/HoVer-style contour decoders, EM membrane maps).
+- :func:`relabel_sequential`, :func:`remove_small_instances`, :func:`fill_instance_holes`: vectorised clean-up.
+
+Every function takes ``(H, W)`` or ``(D, H, W)`` arrays (no channel axis) and returns ``int32`` labels with
+0 = background and ids ``1..N``; all work is done by SciPy / scikit-image on whole arrays, never per instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.morphology import ball, disk
+from skimage.segmentation import watershed
+
+from monai_ext.errors import DataError
+from monai_ext.utils import to_numpy
+
+__all__ = [
+    "distance_watershed",
+    "marker_watershed",
+    "relabel_sequential",
+    "remove_small_instances",
+    "fill_instance_holes",
+    "instance_areas",
+    "footprint",
+]
+
+
+def _spatial(x: Any, name: str) -> np.ndarray:
+    arr = to_numpy(x)
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{name} must be (H, W) or (D, H, W) without a channel axis, got shape {arr.shape}")
+    return arr
+
+
+def footprint(radius: int, ndim: int) -> np.ndarray:
+    """Disk (2D) or ball (3D) structuring element of ``radius`` pixels (``radius < 1``: a single pixel)."""
+    r = int(radius)
+    if r < 1:
+        return np.ones((1,) * ndim, bool)
+    return (disk(r) if ndim == 2 else ball(r)).astype(bool)
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Map the ids ``> 0`` of ``labels`` onto ``1..N`` keeping their order; negatives (ignore) stay as they are."""
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, np.int32)
+    pos = lab > 0
+    if pos.any():
+        ids, inv = np.unique(lab[pos], return_inverse=True)
+        out[pos] = inv.astype(np.int32) + 1
+    out[lab < 0] = lab[lab < 0]
+    return out
+
+
+def instance_areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel count of every id ``0..max`` (``bincount``; negative ids are ignored)."""
+    lab = np.asarray(labels).ravel()
+    lab = lab[lab > 0].astype(np.int64)
+    top = int(np.asarray(labels).max(initial=0))
+    return np.bincount(lab, minlength=top + 1)
+
+
+def remove_small_instances(labels: np.ndarray, min_size: int, relabel: bool = True) -> np.ndarray:
+    """Set instances smaller than ``min_size`` pixels to background (one ``bincount``), optionally relabel 1..N."""
+    lab = np.asarray(labels).astype(np.int32, copy=True)
+    if min_size > 0 and lab.max(initial=0) > 0:
+        areas = instance_areas(lab)
+        small = areas < min_size
+        small[0] = False
+        pos = lab > 0
+        lab[pos & small[np.where(pos, lab, 0)]] = 0
+    return relabel_sequential(lab) if relabel else lab
+
+
+def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill holes inside instances: a background hole fully enclosed by one instance takes its id.
+
+    Vectorised: holes of the binary foreground are found once, labelled, and each hole takes the id of the
+    instance that borders it most (a hole between two instances is split the same way).
+    """
+    lab = np.asarray(labels).astype(np.int32, copy=True)
+    fg = lab > 0
+    holes = ndimage.binary_fill_holes(fg) & ~fg
+    if not holes.any():
+        return lab
+    # nearest instance pixel for every hole pixel (feature transform), one call for all holes
+    _, idx = ndimage.distance_transform_edt(~fg, return_indices=True)
+    nearest = lab[tuple(idx)]
+    lab[holes] = nearest[holes]
+    return lab
+
+
+def distance_watershed(
+    mask: Any,
+    min_distance: int = 12,
+    sigma: float = 1.0,
+    min_size: int = 0,
+    fill_holes: bool = True,
+    denoise: bool = False,
+    exclude_border: bool = False,
+    connectivity: int = 1,
+) -> np.ndarray:
+    """Binary mask -> instances by watershed on the inverted, smoothed distance transform (COIN Eq. 5).
+
+    The Euclidean distance transform is smoothed with a Gaussian (``sigma``), its local maxima within a disk /
+    ball of radius ``min_distance`` inside the mask are the markers (labelled with ``connectivity``: plateau
+    pixels become one marker), and ``watershed(-dist, markers, mask)`` floods the mask. A connected component
+    without any peak (small or thin objects) keeps one id of its own instead of vanishing.
+
+    Args:
+        mask: ``(H, W)`` / ``(D, H, W)`` foreground (bool, or > 0).
+        min_distance: radius of the peak footprint in pixels (COIN: ``disk(12)``); larger = fewer splits.
+        sigma: Gaussian smoothing of the distance map (COIN: 1).
+        min_size: instances below this many pixels are dropped (0 keeps all).
+        fill_holes: fill holes of the mask first (COIN applies ``binary_fill_holes``).
+        denoise: morphological opening + closing with radius 2 then 1 (COIN's optional denoise).
+        exclude_border: passed to ``peak_local_max``.
+        connectivity: 1 = faces only (COIN labels peaks with 4-connectivity), ``ndim`` = full.
+
+    Returns:
+        ``int32`` instance labels ``1..N``.
+    """
+    m = _spatial(mask, "mask") > 0
+    nd = m.ndim
+    if denoise:
+        for r in (2, 1):
+            fp = footprint(r, nd)
+            m = ndimage.binary_closing(ndimage.binary_opening(m, fp), fp)
+    if fill_holes:
+        m = ndimage.binary_fill_holes(m)
+    if not m.any():
+        return np.zeros(m.shape, np.int32)
+    dist = ndimage.distance_transform_edt(m)
+    if sigma > 0:
+        dist = ndimage.gaussian_filter(dist, sigma)
+    comps, n_comp = ndimage.label(m, ndimage.generate_binary_structure(nd, nd))
+    peaks = peak_local_max(dist, footprint=footprint(min_distance, nd), labels=comps, exclude_border=exclude_border)
+    peak_mask = np.zeros(m.shape, bool)
+    if len(peaks):
+        peak_mask[tuple(peaks.T)] = True
+    markers, n_mark = ndimage.label(peak_mask, ndimage.generate_binary_structure(nd, connectivity))
+    # components that got no marker keep one id each (vectorised: which component ids have a marker)
+    has_marker = np.zeros(n_comp + 1, bool)
+    has_marker[np.unique(comps[peak_mask])] = True
+    orphan = ~has_marker
+    orphan[0] = False
+    if orphan.any():
+        new_ids = np.zeros(n_comp + 1, np.int32)
+        new_ids[orphan] = n_mark + 1 + np.arange(int(orphan.sum()), dtype=np.int32)
+        # one marker pixel per orphan component: its distance maximum
+        orphan_ids = np.flatnonzero(orphan)
+        pos = ndimage.maximum_position(dist, comps, orphan_ids)
+        idx = tuple(np.asarray(pos, dtype=np.int64).reshape(len(orphan_ids), nd).T)
+        markers[idx] = new_ids[orphan_ids]
+    labels = watershed(-dist, markers, mask=m)
+    return remove_small_instances(labels, min_size) if min_size > 0 else relabel_sequential(labels)
+
+
+def marker_watershed(
+    fg_prob: Any,
+    edge_prob: Any | None = None,
+    fg_threshold: float = 0.5,
+    edge_threshold: float = 0.5,
+    marker_erosion: int = 0,
+    min_marker_size: int = 8,
+    min_size: int = 16,
+    fill_holes: bool = True,
+    use_distance: bool = True,
+    fallback_min_distance: int = 6,
+    core_min_distance: int = 0,
+) -> np.ndarray:
+    """Edge-aware marker watershed: object cores as markers, flooded over the boundary map within the foreground.
+
+    Markers are the connected components of ``(fg > fg_threshold) & (edge < edge_threshold)`` (optionally eroded,
+    small ones dropped). The elevation is ``edge_prob`` (boundaries are ridges) minus a small distance-to-core
+    term; the flood is limited to ``fg > fg_threshold``. Without ``edge_prob`` it falls back to
+    :func:`distance_watershed` of the thresholded foreground. Foreground components without any marker become
+    one instance each (they are not lost).
+
+    Args:
+        fg_prob: ``(H, W)`` / ``(D, H, W)`` foreground probability in [0, 1].
+        edge_prob: boundary probability of the same shape, or ``None``.
+        fg_threshold: foreground cut.
+        edge_threshold: pixels above it are boundary, never marker.
+        marker_erosion: erode the cores by this radius first (splits cores joined by thin bridges).
+        min_marker_size: cores smaller than this are discarded (noise).
+        min_size: final instances smaller than this are dropped.
+        fill_holes: fill holes of the foreground mask.
+        use_distance: add the normalised distance transform of the cores to the elevation (breaks plateaus).
+        fallback_min_distance: ``min_distance`` of the distance watershed when ``edge_prob`` is ``None``.
+        core_min_distance: > 0 also splits each core by :func:`distance_watershed` with this peak radius
+            (clumps whose shared boundary the edge map misses are cut at their necks); 0 = connected cores.
+
+    Returns:
+        ``int32`` instance labels ``1..N``.
+    """
+    fg = _spatial(fg_prob, "fg_prob").astype(np.float32)
+    mask = fg > fg_threshold
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if edge_prob is None:
+        return distance_watershed(mask, min_distance=fallback_min_distance, min_size=min_size, fill_holes=False)
+    edge = _spatial(edge_prob, "edge_prob").astype(np.float32)
+    if edge.shape != fg.shape:
+        raise DataError(f"edge_prob shape {edge.shape} differs from fg_prob shape {fg.shape}")
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    nd = mask.ndim
+    core = mask & (edge < edge_threshold)
+    if marker_erosion > 0:
+        core = ndimage.binary_erosion(core, footprint(marker_erosion, nd))
+    if core_min_distance > 0:
+        markers = distance_watershed(core, min_distance=core_min_distance, fill_holes=False)
+    else:
+        markers, _ = ndimage.label(core, ndimage.generate_binary_structure(nd, 1))
+    markers = remove_small_instances(markers, min_marker_size)
+    elevation = edge.copy()
+    if use_distance:
+        dist = ndimage.distance_transform_edt(markers == 0)  # distance to the nearest core
+        elevation = elevation + 0.1 * dist / (dist.max() + 1e-6)
+    # foreground components without a core: give each one marker at its most interior pixel
+    comps, n_comp = ndimage.label(mask, ndimage.generate_binary_structure(nd, nd))
+    has = np.zeros(n_comp + 1, bool)
+    has[np.unique(comps[markers > 0])] = True
+    orphan = np.flatnonzero(~has[1:]) + 1
+    if orphan.size:
+        inner = ndimage.distance_transform_edt(mask)
+        pos = np.asarray(ndimage.maximum_position(inner, comps, orphan), dtype=np.int64).reshape(orphan.size, nd)
+        markers[tuple(pos.T)] = int(markers.max(initial=0)) + 1 + np.arange(orphan.size, dtype=np.int32)
+    labels = watershed(elevation, markers, mask=mask)
+    return remove_small_instances(labels, min_size) if min_size > 0 else relabel_sequential(labels)
