@@ -10,5 +10,6 @@ from .loss_terms import LossTermsLogger
 from .metrics_json import MetricsJsonWriter
 from .pseudo_rounds import PseudoLabelRounds
 from .timing import ThroughputTimer
+from .visual import RoundPlot, ValidationOverlays
 
-__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "MetricsJsonWriter", "PseudoLabelRounds", "ThroughputTimer"]
+__all__ = ["TrainingCheckpoint", "unwrap_module", "EpochSeeder", "LossTermsLogger", "MetricsJsonWriter", "PseudoLabelRounds", "ThroughputTimer", "ValidationOverlays", "RoundPlot"]
