@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import DataError, TrainingError  # noqa: E402
+from .errors import DataError, StorageError, TrainingError  # noqa: E402
 from .utils import get_device, set_seed  # noqa: E402
 
-__all__ = ["__version__", "DataError", "TrainingError", "get_device", "set_seed"]
+__all__ = ["__version__", "DataError", "StorageError", "TrainingError", "get_device", "set_seed"]

@@ -5,6 +5,10 @@
 Verbs: ``prepare_data`` (write a bundle's sample dataset), ``evaluate`` (prediction folder vs. ground
 truth, table out), ``overlay`` (image + labels -> PNG), ``export`` (TorchScript of a trained bundle),
 ``benchmark`` (speed / quality), ``demo`` (train, infer and evaluate the COIN bundle on sample data).
+
+Bad input (a missing or unreadable file, an unknown bundle or metric, a bundle without trained weights) ends with
+one line ``monai_ext <verb>: error: <file>: <problem>`` on stderr and exit status 2, not a traceback; internal
+errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def _bundle_dir(bundle: str) -> Path:
     name = BUNDLE_ALIASES.get(bundle, bundle)
     path = REPO_BUNDLES / name
     if not (path / "configs" / "metadata.json").is_file():
-        raise SystemExit(f"unknown bundle {bundle!r}: give a bundle folder or one of {sorted(BUNDLE_ALIASES.values())}")
+        from monai_ext.errors import DataError
+
+        raise DataError(f"unknown bundle {bundle!r}: give a bundle folder or one of {sorted(BUNDLE_ALIASES.values())}")
     return path
 
 
@@ -48,14 +54,21 @@ def _read_image(path: str) -> "np.ndarray":
     """Any 2D image file as an array (channel-last as stored)."""
     import numpy as np
 
-    if path.lower().endswith((".tif", ".tiff")):
-        import tifffile
+    from monai_ext.errors import DataError
 
-        return np.asarray(tifffile.imread(path))
-    from PIL import Image
+    if not Path(path).is_file():
+        raise DataError("image file does not exist", path)
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
 
-    with Image.open(path) as im:
-        return np.asarray(im)
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception as exc:  # any decoder failure on a user file is bad input, not a bug of ours
+        raise DataError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
 
 
 class CLI:
@@ -63,9 +76,14 @@ class CLI:
 
     def prepare_data(self, bundle: str, root: str | None = None, force: bool = False) -> str:
         """Write the embedded sample dataset of ``bundle`` (coin/points/em/spoco) and print its folder."""
-        from monai_ext.data.sample import ensure_sample_data
+        from monai_ext.data.sample import canonical_bundle, ensure_sample_data
+        from monai_ext.errors import DataError
 
-        return ensure_sample_data(BUNDLE_ALIASES.get(bundle, bundle), root=root, force=force)
+        try:
+            name = canonical_bundle(BUNDLE_ALIASES.get(bundle, bundle))
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        return ensure_sample_data(name, root=root, force=force)
 
     def evaluate(
         self,
@@ -81,21 +99,38 @@ class CLI:
         """Score a folder of predicted instance label images against a dataset folder; prints a table.
 
         ``metrics`` is a comma-separated list (e.g. ``aji,pq,ap50``); ``mode`` is ``per_image`` or ``pooled``."""
+        import numpy as np
+
+        from monai_ext.errors import DataError
         from monai_ext.evaluation import evaluate_folder
+        from monai_ext.metrics import instance_metrics
 
         names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else metrics
+        if mode not in ("per_image", "pooled"):
+            raise DataError(f"mode must be 'per_image' or 'pooled', got {mode!r}")
+        try:  # unknown metric names fail here, before any file is read
+            instance_metrics(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32), names)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
         result = evaluate_folder(pred_dir, gt_dir, gt_format, split, names, mode, output_dir, allow_missing)
         print(result["markdown"])
 
     def overlay(self, image: str, output: str, label: str | None = None, pred: str | None = None) -> str:
         """Write a PNG of ``image`` with ground-truth (``label``) and predicted (``pred``) instance contours."""
+        from monai_ext.errors import DataError
         from monai_ext.evaluation import read_label_image
         from monai_ext.visualize import save_overlay
 
         img = _read_image(image)
+        for name in (label, pred):
+            if name and not Path(name).is_file():
+                raise DataError("label image does not exist", name)
         lab = read_label_image(label) if label else None
         prd = read_label_image(pred) if pred else None
-        save_overlay(output, img, label=lab, pred=prd)
+        try:
+            save_overlay(output, img, label=lab, pred=prd)
+        except ValueError as exc:  # shape mismatch between image and labels, or an image of unusable shape
+            raise DataError(f"cannot overlay {label or pred or 'nothing'} on this image: {exc}", image) from exc
         return output
 
     def benchmark(self, kind: str = "speed", *names: str, out: str = "reports", quick: bool = False) -> None:
@@ -137,7 +172,13 @@ class CLI:
 
     def export(self, bundle: str, output: str | None = None) -> str:
         """TorchScript-export a trained bundle's network (``models/model.pt`` -> ``models/model.ts``)."""
+        from monai_ext.errors import DataError
+
         root = _bundle_dir(bundle)
+        weights = root / "models" / "model.pt"
+        if not weights.is_file():
+            raise DataError("no trained weights: train the bundle first (python -m monai.bundle run --config_file "
+                            "configs/train.json) or copy a model.pt there", weights)
         ts = output or str(root / "models" / "model.ts")
         cmd = [
             sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
@@ -151,10 +192,25 @@ class CLI:
         return ts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run a verb; our documented errors (bad input, training faults, disk trouble, a failed bundle run) become
+    one ``monai_ext <verb>: error: ...`` line on stderr and exit status 2."""
     import fire
 
-    fire.Fire(CLI, name="monai_ext")
+    from monai_ext.errors import DataError, TrainingError
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in args if not a.startswith("-")), "")
+    try:
+        fire.Fire(CLI, command=args, name="monai_ext")
+    except (DataError, TrainingError, OSError) as exc:
+        print(f"monai_ext {verb}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except subprocess.CalledProcessError as exc:
+        cmd = " ".join(map(str, exc.cmd[:6])) if isinstance(exc.cmd, (list, tuple)) else str(exc.cmd)
+        print(f"monai_ext {verb}: error: {cmd} ... failed with exit status {exc.returncode}; see its messages above",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from monai_ext.errors import DataError
-from monai_ext.utils import atomic_write_bytes
+from monai_ext.utils import atomic_write_bytes, progress
 
 __all__ = ["read_label_image", "find_predictions", "evaluate_folder", "markdown_table"]
 
@@ -146,7 +146,7 @@ def evaluate_folder(
     rows: list[dict[str, Any]] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     ranked: list[tuple[np.ndarray, np.ndarray, dict[int, float]]] = []
-    for rec in records:
+    for rec in progress(records, "evaluate"):
         sid = str(rec["id"])
         sample = reader.load(rec)
         if "label" not in sample:

@@ -24,6 +24,7 @@ everything else, so a retrained ``models/model.pt`` is picked up by a running se
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "MonaiLabelInstanced",
     "MonaiLabelServer",
     "label_postprocessing",
+    "apply_overrides",
     "inspect_bundle",
     "check_weights",
     "probe_layout",
@@ -214,6 +216,21 @@ def _load_config(path: Path) -> dict[str, Any]:
         raise DataError(f"cannot read the config ({exc})", path) from exc
 
 
+def apply_overrides(cfg: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``overrides`` merged as ``monai.bundle`` merges a second config file: keys may be
+    ``#``-separated paths into nested items (``"network_def#features"``), ``+key`` appends to a list or dict."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    parser = ConfigParser(copy.deepcopy(dict(cfg)))
+    for key, value in overrides.items():
+        try:
+            merge_kv(parser, key, value)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DataError(f"override {key!r} does not apply to the inference config ({exc})") from exc
+    return parser.get()  # type: ignore[no-any-return]
+
+
 def inspect_bundle(bundle_dir: str | os.PathLike, name: str | None = None) -> BundleSpec:
     """Check that a bundle holds what MONAI Label's ``monaibundle`` app reads, and return it.
 
@@ -247,7 +264,7 @@ def inspect_bundle(bundle_dir: str | os.PathLike, name: str | None = None) -> Bu
     cfg = _load_config(configs[0])
     overrides_file = root / "configs" / "monailabel.json"
     overrides = _load_config(overrides_file) if overrides_file.is_file() else {}
-    cfg.update(overrides)
+    cfg = apply_overrides(cfg, overrides)
     missing = [k for k in ("network_def",) if k not in cfg]
     if not any(k in cfg for k in _PRE_KEYS):
         missing.append("preprocessing")
@@ -308,7 +325,7 @@ def _parser(spec: BundleSpec):
 
     parser = ConfigParser()
     parser.read_config(str(spec.config_file))
-    parser.config.update({**spec.overrides, "bundle_root": str(spec.path)})  # type: ignore[union-attr]
+    parser.config = apply_overrides(parser.config, {**spec.overrides, "bundle_root": str(spec.path)})  # type: ignore[arg-type]
     return parser
 
 
@@ -455,8 +472,7 @@ class Deployment:
 
 
 def _adapted_config(spec: BundleSpec, layout: str) -> dict[str, Any]:
-    cfg = _load_config(spec.config_file)
-    cfg.update(spec.overrides)
+    cfg = apply_overrides(_load_config(spec.config_file), spec.overrides)
     imports = cfg.get("imports", [])
     cfg["imports"] = (list(imports) if isinstance(imports, list) else [imports]) + ["$import monai_ext", "$import monai_ext.label"]
     post_keys = [k for k in _POST_KEYS if cfg.get(k)]
@@ -482,7 +498,8 @@ def deploy_bundle(
     :func:`download_app` when ``app_dir`` has no app yet; then ``app_dir/model/<name>`` gets an adapted
     ``configs/`` (``postprocessing`` through :func:`label_postprocessing`; keys of an optional
     ``configs/monailabel.json`` in the bundle override the inference config) and symlinks to (or,
-    with ``copy``, copies of) every other entry of the bundle. ``app_dir/start_<name>.sh`` starts the
+    with ``copy``, copies of) every other entry of the bundle (of ``models/``: ``model.pt`` and ``model.ts`` only,
+    since MONAI Label would serve a training checkpoint such as ``last.pt``). ``app_dir/start_<name>.sh`` starts the
     server on 127.0.0.1.
 
     Args:
@@ -508,13 +525,23 @@ def deploy_bundle(
     elif dst.exists():
         shutil.rmtree(dst)
     (dst / "configs").mkdir(parents=True)
-    for item in sorted(spec.path.iterdir()):
-        if item.name in _SKIP_ON_DEPLOY or item.name.startswith("mlruns"):
-            continue
+    (dst / "models").mkdir()
+
+    def put(item: Path, target: Path) -> None:
         if copy:
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, dst / item.name)
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
         else:
-            (dst / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+            target.symlink_to(item.resolve(), target_is_directory=item.is_dir())
+
+    for item in sorted(spec.path.iterdir()):
+        if item.name in _SKIP_ON_DEPLOY or item.name.startswith("mlruns") or item.name == "models":
+            continue
+        put(item, dst / item.name)
+    # only the served weights: MONAI Label offers every models/*.pt and, by default, loads the one with the
+    # shortest name, i.e. a training checkpoint ``last.pt`` (optimizer, RNG, ...) before ``model.pt``
+    for weights in ("model.pt", "model.ts"):
+        if (spec.path / "models" / weights).is_file():
+            put(spec.path / "models" / weights, dst / "models" / weights)
     for item in sorted((spec.path / "configs").iterdir()):
         if item.is_file() and item.name not in _CONFIG_FILES:
             shutil.copy2(item, dst / "configs" / item.name)

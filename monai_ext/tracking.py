@@ -139,11 +139,12 @@ class MLflowExtras:
     ``--tracking mlflow`` injects; found on the engine, so no URI or run name is repeated here), or else
     into the active ``mlflow`` fluent run. With neither (tracking off or disabled) it does nothing.
 
-    MONAI's handler is appended after the bundle's handlers, opens its run on ``STARTED`` (after
-    ours) and, with ``close_on_complete``, ends it on ``COMPLETED`` (after ours). So parameters are
-    logged at the first ``EPOCH_STARTED``, pseudo-label rounds when they appear (checked at every
-    epoch start and end), and the files on ``COMPLETED`` while the run is still open; should the run
-    already be closed, the stored run id is used (MLflow accepts logging into a finished run).
+    MONAI's handler is appended after the bundle's handlers and opens its run on ``STARTED``. So
+    parameters are logged at the first ``EPOCH_STARTED``, pseudo-label rounds when they appear (checked
+    at every epoch start and end), and the files on ``COMPLETED`` by a handler registered at ``STARTED``,
+    i.e. after the checkpoint writers, so the final checkpoint exists; should MONAI's handler have closed
+    the run by then (``close_on_complete``), the stored run id is used (MLflow accepts logging into a
+    finished run).
 
     Args:
         params: hyperparameters (nested dicts are flattened to ``a.b``); logged once, keys already
@@ -192,7 +193,13 @@ class MLflowExtras:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch)
-        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+        engine.add_event_handler(Events.STARTED, self._register_completed)
+
+    def _register_completed(self, engine: Engine) -> None:
+        """Register the ``COMPLETED`` logging at run start, i.e. after every handler attached with the bundle's
+        config (checkpoint writers included), so that the final checkpoint exists when it is logged."""
+        if not engine.has_event_handler(self._on_completed, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self._on_completed)
 
     def _find_run(self, engine: Engine) -> tuple[Any, str] | None:
         """(client, run id) of the MLFlowHandler on ``engine``, else of the active fluent run."""

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "progress",
+    "lazy_exports",
     "get_device",
     "set_seed",
     "atomic_save",
@@ -104,23 +107,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + rename): never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "write" in str(exc).lower()):
-            raise OSError(f"could not write checkpoint {path}: {exc}") from exc
-        raise
-    return path
+    """``torch.save`` to ``path`` atomically (temp file + rename): never a half-written checkpoint.
+
+    The object is serialised in memory first, so a serialisation error stays what it is, and a write failure
+    (full disk, file size limit) is always an ``OSError`` naming ``path`` rather than an opaque torch error.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -128,3 +122,39 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def progress(iterable: Any, desc: str, total: int | None = None, unit: str = "image") -> Any:
+    """``iterable`` with a tqdm progress bar for long CPU work outside Ignite (seeds, features, scoring,
+    tiles, evaluation).
+
+    The bar is drawn on stderr by the first process only, and only when stderr is a terminal (tqdm's
+    ``disable=None``), so logs and captured output stay clean; ``WEAKLABEL_PROGRESS=0`` turns it off.
+    """
+    from tqdm.auto import tqdm
+
+    rank0 = os.environ.get("RANK", "0") == "0"
+    off = os.environ.get("WEAKLABEL_PROGRESS", "1") == "0" or not rank0
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=True if off else None, leave=False)
+
+
+def lazy_exports(package: str, lazy: Mapping[str, Sequence[str]], names: list[str]) -> tuple[Any, Any]:
+    """Module ``__getattr__`` / ``__dir__`` (PEP 562) re-exporting the names ``lazy[sub]`` of ``<package>.<sub>``
+    on first use: subpackages list every public name without importing every submodule (and its heavy
+    dependencies) up front, and without import cycles between subpackages."""
+    import importlib
+    import sys
+
+    owner = {name: sub for sub, subnames in lazy.items() for name in reversed(subnames)}
+
+    def __getattr__(name: str) -> Any:
+        if name in owner:
+            value = getattr(importlib.import_module(f"{package}.{owner[name]}"), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(names)
+
+    return __getattr__, __dir__

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Quality benchmarks of the bundles on held-out synthetic data (fixed seeds).
 
-Usage: python scripts/benchmark_quality.py {coin,points,em,spoco,all} [--quick] [--out reports] [--seed 0]
+Usage: python scripts/benchmark_quality.py {coin,points,em,spoco,all} [--quick] [--out reports] [--seed 0] [--from-reports]
 
-Writes reports/quality_<method>.json and .md, and for ``all`` one combined table reports/quality.md:
+Writes reports/quality_<method>.json and .md, and for ``all`` one combined table reports/quality.md (also put into the
+README's Results):
 method, data, weak-label budget, our score, supervised upper bound, ratio, the paper's own ratio.
 """
 
@@ -15,6 +16,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from monai_ext.benchmarks.readme import README, update_readme_section
 
 METHODS = ("coin", "points", "em", "spoco")
 
@@ -51,14 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced version (as run in CI)")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-reports", action="store_true",
+                    help="only combine the existing reports/quality_<method>.json into the table (no training)")
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not update the README's Results")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = METHODS if args.method == "all" else (args.method,)
-    results = [run_one(m, out, args.quick, args.seed) for m in methods]
+    if args.from_reports:  # combine the latest per-method reports without re-running them
+        missing = [m for m in methods if not (out / f"quality_{m}.json").is_file()]
+        if missing:
+            ap.error(f"no report for {missing} in {out}: run them first")
+        results = [json.loads((out / f"quality_{m}.json").read_text()) for m in methods]
+        args.quick = any(r.get("quick") for r in results)
+    else:
+        results = [run_one(m, out, args.quick, args.seed) for m in methods]
     table = combined_table(results)
     if args.method == "all":
         (out / "quality.md").write_text(table)
+        kinds = {m: ("reduced (CI)" if r.get("quick") else "full") + f", {r.get('seconds', 0) / 60:.1f} min"
+                 for m, r in zip(methods, results)}
+        header = "Benchmark versions: " + "; ".join(f"{m} {k}" for m, k in kinds.items()) + "."
+        per_method = "\n".join(f"#### {r.get('method')}\n\n{r.get('markdown', '').strip()}\n" for r in results)
+        if args.readme and update_readme_section("quality", f"{header}\n\n{table}\n{per_method}"):
+            print(f"README results updated ({README})")
     print(table)
     for r in results:
         for target, ok in r.get("targets", {}).items():

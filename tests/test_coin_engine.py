@@ -142,5 +142,5 @@ def test_trainer_runs_rounds_with_ignite(tmp_path, samples: list[dict]) -> None:
     rounds.attach(trainer)
     trainer.run()
     assert store.rounds_done() == [0, 1] and int(teacher.num_updates) == 2
-    assert set(trainer.state.output["terms"]) == {"loss_seg_ce", "loss_seg_dice", "loss_edge_ce", "loss_edge_dice"}
+    assert set(trainer.state.loss_terms) == {"loss_seg_ce", "loss_seg_dice", "loss_edge_ce", "loss_edge_dice"}
     assert trainer.state.metrics["pseudo_round"] == 1.0

@@ -125,3 +125,19 @@ def test_merge_with_previous_grows_accepted_set() -> None:
     assert np.array_equal(merge_with_previous(cur, None), cur)
     with pytest.raises(DataError):
         merge_with_previous(cur, prev[:5])
+
+
+def test_edge_width_band_inside_instances() -> None:
+    from monai_ext.transforms.coin import instance_edges, instances_to_targets
+
+    lab = np.zeros((20, 30), np.int32)
+    lab[2:12, 2:12] = 1
+    lab[2:12, 12:22] = 2  # touching the first one
+    lab[14:18, 24:28] = -1  # ignore: never an edge
+    thin, thick = instance_edges(lab), instance_edges(lab, width=2)
+    assert thin.sum() == 2 * (4 * 10 - 4)  # each 10x10 square's 1-pixel contour
+    assert thick.sum() == 2 * (100 - 36)  # 2-pixel band: the square minus its 6x6 core
+    assert (thin <= thick).all() and not (thick & (lab <= 0)).any()
+    assert thick[7, 10:14].all() and thick[7, 2:12].sum() == 4  # touching nuclei: a 4-pixel separating band
+    seg, edge = instances_to_targets(lab, edge_width=2)
+    assert (edge == 1).sum() == thick.sum() and (edge[lab < 0] == IGNORE_INDEX).all() and (seg[lab < 0] == 255).all()

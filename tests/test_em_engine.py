@@ -146,9 +146,9 @@ def test_trainer_stages(rnd: int, expected: set) -> None:
     trainer.state.pseudo_round = rnd
     before = [p.detach().clone() for p in net.parameters()]
     trainer.run()
-    out = trainer.state.output
-    assert set(out["terms"]) == expected and out["stage"] == sched.stage(rnd)
-    assert all(np.isfinite(v) for v in out["terms"].values())
+    terms = trainer.state.loss_terms
+    assert set(terms) == expected and trainer.state.output[0]["stage"] == sched.stage(rnd)
+    assert all(np.isfinite(v) for v in terms.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.5 if rnd == 2 else 1.0))
     if "contrast" in expected:
@@ -193,6 +193,6 @@ def test_rounds_handler_drives_the_trainer(tmp_path) -> None:
     stages = []
     from ignite.engine import Events
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stages.append(e.state.output["stage"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stages.append(e.state.output[0]["stage"]))
     trainer.run()
     assert stages == ["warmup", "stage1", "stage2"] and store.rounds_done() == [0, 1, 2]

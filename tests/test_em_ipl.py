@@ -127,3 +127,24 @@ def test_rank_by_area_prefers_large_components() -> None:
     assert s_h[1] > s_h[2] and s_a[2] > s_a[1] and best[1:].tolist() == pytest.approx([0.9, 0.6])
     with pytest.raises(ValueError):
         component_scores(comps, 2, heat, prob, "size")
+
+
+def test_bg_quantile_calibrates_an_under_confident_background() -> None:
+    from monai_ext.pseudo.ipl import background_mask
+
+    prob, heat, gt = _teacher()
+    rng = np.random.default_rng(0)
+    # an under-confident teacher: plain background at p ~ 0.15-0.35 instead of ~0, the discs still at 0.97
+    prob = np.where(gt > 0, prob, rng.uniform(0.15, 0.35, prob.shape)).astype(np.float32)
+    pts = np.array([[44, 44]], np.float32)
+    paper = select_instances(prob, heat, pts, ratio=0.0, tau=0.9, sigma=2.0, count=5)
+    assert not (paper.seg == 0).any()  # p < 1 - tau labels nothing: stage 2 would see foreground only
+    cal = select_instances(prob, heat, pts, ratio=0.0, tau=0.9, sigma=2.0, count=5, bg_quantile=0.8)
+    bg = cal.seg == 0
+    assert 0.7 < bg[gt == 0].mean() < 0.9  # ~ the 0.8 quantile of the predicted background
+    assert not (bg & (gt > 0)).any()  # never on an object
+    # the paper's rule is kept where it already labels pixels, and the threshold never exceeds p = 0.5
+    assert background_mask(np.array([0.05, 0.3, 0.6], np.float32), 0.9, 0.0).tolist() == [True, False, False]
+    assert background_mask(np.array([0.05, 0.3, 0.6], np.float32), 0.9, 1.0).tolist() == [True, False, False]
+    with pytest.raises(ValueError):
+        background_mask(prob, 0.9, 1.5)

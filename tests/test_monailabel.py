@@ -211,3 +211,27 @@ def test_label_postprocessing_drops_writers(tmp_path: Path) -> None:
     post = Compose([SaveImaged(keys="pred", output_dir=str(tmp_path)), SaveInstancesd(keys="pred", output_dir=tmp_path)])
     names = [type(t).__name__ for t in label_postprocessing(post).transforms]
     assert names == ["MonaiLabelInstanced"]
+
+
+def test_overrides_merge_like_a_second_bundle_config() -> None:
+    """configs/monailabel.json keys merge as ``monai.bundle`` merges configs: ``#`` paths and ``+`` appends."""
+    from monai_ext.errors import DataError
+    from monai_ext.label import apply_overrides
+
+    cfg = {"network_def": {"_target_": "Net", "features": [16, 32]}, "imports": ["$import a"], "x": 1}
+    out = apply_overrides(cfg, {"network_def#features": [8, 16], "+imports": ["$import b"], "y": 2})
+    assert out == {"network_def": {"_target_": "Net", "features": [8, 16]}, "imports": ["$import a", "$import b"],
+                   "x": 1, "y": 2}
+    assert cfg["network_def"]["features"] == [16, 32]  # the input is not modified
+    with pytest.raises(DataError, match="no_such#key"):
+        apply_overrides(cfg, {"no_such#key": 1})
+
+
+def test_deploy_serves_model_pt_not_training_checkpoints(tmp_path: Path) -> None:
+    """MONAI Label loads the shortest-named models/*.pt: a training checkpoint last.pt must not be served."""
+    bundle = make_toy_bundle(tmp_path / "bundles", "toy_ckpt", network="threshold")
+    torch.save({"network": {}, "optimizer": {}, "epoch": 3}, bundle / "models" / "last.pt")
+    dep = deploy_bundle(bundle, tmp_path / "app")
+    served = dep.app_dir / "model" / dep.name / "models"
+    assert sorted(p.name for p in served.iterdir()) == ["model.pt"]
+    assert (served / "model.pt").resolve() == (bundle / "models" / "model.pt").resolve()

@@ -202,6 +202,24 @@ def test_gradient_separation(tiny_models: tuple, term: str, principal: bool, col
     assert (_grads(col) > 0) == collaborator
 
 
+def test_border_to_principal_off_trains_the_border_net_only(tiny_models: tuple) -> None:
+    """``border_to_principal=False`` (CKSTrainer ``border_start_steps``): L_B keeps its value, reaches the border
+    net and not the principal nor the foreground net."""
+    net, col, batch = tiny_models
+    net.zero_grad(set_to_none=True)
+    col.zero_grad(set_to_none=True)
+    out = net(batch["image"], batch["points"], batch["points_valid"])
+    fg, edge = col(batch["image"])
+    args = (out["instance_logits"], out["instance_origin"], out["instance_batch"], out["instance_locations"], fg, edge)
+    on = CKSLoss(d=12.0)(*args)
+    off = CKSLoss(d=12.0)(*args, border_to_principal=False)
+    assert float(off["loss_b"]) == pytest.approx(float(on["loss_b"]))
+    off["loss_b"].backward()
+    assert _grads(net) == 0
+    assert _grads(col.border) > 0
+    assert _grads(col.foreground) == 0
+
+
 def test_one_step_gives_the_papers_split(tiny_models: tuple) -> None:
     """d(total)/d(theta_p) = dL_pr/d(theta_p) and d(total)/d(theta_c) = dL_co/d(theta_c) (Eq. 7-8)."""
     net, col, batch = tiny_models

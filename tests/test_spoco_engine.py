@@ -42,8 +42,7 @@ def test_spoco_step_updates_teacher_and_logs_every_term(tmp_path: Path) -> None:
     trainer, net, ema = _trainer(SpocoLoss(seed=0), True, tmp_path)
     start = [p.clone() for p in ema.teacher.parameters()]
     trainer.run()
-    out = trainer.state.output
-    assert set(out["terms"]) == {"pull", "push", "reg", "unlabeled_push", "object", "consistency"}
+    assert set(trainer.state.loss_terms) == {"pull", "push", "reg", "unlabeled_push", "object", "consistency"}
     assert int(ema.num_updates) == trainer.state.iteration == 4
     assert any(not torch.equal(a, b) for a, b in zip(start, ema.teacher.parameters()))
     saved = load_teacher(EmbeddingUNet(2, 3, 4, features=(4, 8)), tmp_path / "teacher.pt", required=True)
@@ -53,7 +52,7 @@ def test_spoco_step_updates_teacher_and_logs_every_term(tmp_path: Path) -> None:
 def test_discriminative_mode_needs_no_teacher_and_spoco_does() -> None:
     trainer, _, ema = _trainer(DiscriminativeLoss(), False)
     trainer.run()
-    assert ema is None and trainer.state.output["terms"]["consistency"] == 0.0
+    assert ema is None and trainer.state.loss_terms["consistency"] == 0.0
     with pytest.raises(ValueError, match="teacher"):
         _trainer(SpocoLoss(), False)
 
@@ -63,7 +62,7 @@ def test_wgan_shape_term_trains_critic(tmp_path: Path) -> None:
     before = [p.clone() for p in shape.critic.parameters()]
     trainer, _, _ = _trainer(SpocoLoss(seed=0), True, None, shape_loss=shape, gan_warmup=2)
     trainer.run()
-    terms = trainer.state.output["terms"]
+    terms = trainer.state.loss_terms
     assert {"shape", "critic", "wasserstein"} <= set(terms)
     assert any(not torch.equal(a, b) for a, b in zip(before, shape.critic.parameters()))
     state = shape.state_dict()

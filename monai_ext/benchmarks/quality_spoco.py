@@ -129,7 +129,7 @@ def train_model(train: list[dict[str, Any]], ratio: float, mode: str = "spoco", 
         sched.step()
         if engine.state.iteration % 100 == 0:
             logger.info("%s@%.2f it %d terms %s", mode, ratio, engine.state.iteration,
-                        {k: round(v, 4) for k, v in engine.state.output["terms"].items()})
+                        {k: round(v, 4) for k, v in engine.state.loss_terms.items()})
         if engine.state.iteration >= steps:
             engine.terminate()
 

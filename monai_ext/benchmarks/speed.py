@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_ext.benchmarks.readme import README, update_readme_section
 from monai_ext.bundle.run import bundle_run_command
 
 __all__ = ["STANDARD", "benchmark_bundle", "run", "main"]
@@ -55,8 +56,12 @@ def _run(root: Path, configs: list[str], *args: str, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def benchmark_bundle(name: str, work: Path) -> dict[str, Any]:
-    """Train one epoch and run inference of ``name`` on standard-size data; returns the timings."""
+def benchmark_bundle(name: str, work: Path, spec: dict[str, Any] | None = None,
+                     extra_configs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train one epoch and run inference of ``name`` on standard-size data; returns the timings.
+
+    ``spec`` (sample-data spec) and ``extra_configs`` (e.g. ``("tiny.json",)``) shrink the run, for tests.
+    """
     from monai_ext.data.sample import write_sample_dataset
 
     std = STANDARD[name]
@@ -64,22 +69,22 @@ def benchmark_bundle(name: str, work: Path) -> dict[str, Any]:
     data = work / "data"
     if data.exists():
         shutil.rmtree(data)
-    write_sample_dataset(name, data, spec=std["spec"])
+    write_sample_dataset(name, data, spec=spec or std["spec"])
     root = work / name
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(REPO / "bundles" / name, root, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    timer_cfg = root / "configs" / "speed_timer.json"
-    timer_cfg.write_text(json.dumps({
+    # one timer file per config: a "+train#..." key cannot be merged into inference.json (no "train" there)
+    (root / "configs" / "speed_timer_train.json").write_text(json.dumps({
         "+train#handlers": [{"_target_": "monai_ext.handlers.ThroughputTimer",
-                             "output_path": str(work / "train_timing.json"), "skip_first": 2}],
+                             "output_path": str(work / "train_timing.json"), "skip_first": 2}]}))
+    (root / "configs" / "speed_timer_infer.json").write_text(json.dumps({
         "+handlers": [{"_target_": "monai_ext.handlers.ThroughputTimer",
-                       "output_path": str(work / "infer_timing.json"), "skip_first": 1}],
-    }))
+                       "output_path": str(work / "infer_timing.json"), "skip_first": 1}]}))
     args = ["--dataset_dir", str(data)]
-    train_wall = _run(root, ["train.json", "speed_timer.json"], *args, "--train#trainer#max_epochs", "1",
+    train_wall = _run(root, ["train.json", *extra_configs, "speed_timer_train.json"], *args, "--train#trainer#max_epochs", "1",
                       log=work / "train.log")
-    infer_wall = _run(root, ["inference.json", "speed_timer.json"], *args, log=work / "infer.log")
+    infer_wall = _run(root, ["inference.json", *extra_configs, "speed_timer_infer.json"], *args, log=work / "infer.log")
     return {
         "bundle": name,
         "image_size": std["size"],
@@ -167,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="*", default=["all"], help="bundle names/aliases or 'all'")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not update the README's Results")
     args = ap.parse_args(argv)
     names = list(STANDARD) if args.bundles in (["all"], []) else [ALIASES.get(b, b) for b in args.bundles]
     res = run(names, Path(args.out), peers=not args.no_peers)
-    print(markdown(res))
+    table = markdown(res)
+    print(table)
+    if args.readme and update_readme_section("speed", table):
+        print(f"README results updated ({README})")
     return 0

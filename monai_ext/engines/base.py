@@ -36,6 +36,11 @@ class GuardedTrainer(SupervisedTrainer):
     under CUDA AMP) -> optional gradient clipping -> ``optimizer.step`` -> :meth:`after_step`
     (EMA teachers, schedules). ``IterationEvents`` are fired as in MONAI.
 
+    As in MONAI, ``engine.state.output`` ends up as the decollated list of per-sample dicts (always a
+    list, so that ``from_engine(['loss'], first=True)`` -- used by the StatsHandler and by the MLflow handler
+    that ``--tracking mlflow`` adds -- reads the loss); the named loss terms are kept whole in
+    ``engine.state.loss_terms`` (read by :class:`~monai_ext.handlers.LossTermsLogger`).
+
     A NaN or infinite loss never reaches the weights. With ``nonfinite="raise"`` (default) a
     :class:`~monai_ext.errors.TrainingError` names the epoch, the iteration, the sample ids and the
     loss terms; the last checkpoint on disk stays intact. With ``nonfinite="skip"`` the batch is
@@ -97,14 +102,14 @@ class GuardedTrainer(SupervisedTrainer):
         use_amp = bool(engine.amp) and device_type == "cuda"
         with torch.autocast(device_type=device_type, enabled=use_amp):
             out = self.forward_loss(engine, batchdata)
+        engine.state.loss_terms = dict(out.pop("terms", {}) or {})
         engine.state.output = out
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss = out[Keys.LOSS]
         if not torch.isfinite(loss.detach()).all():
             self._handle_nonfinite(engine, batchdata, out)
-            out[Keys.LOSS] = loss.detach()
-            return out
+            return self._finish(engine, out, loss)
         self._consecutive_skips = 0
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -120,13 +125,23 @@ class GuardedTrainer(SupervisedTrainer):
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip)
             engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         self.after_step(engine)
+        return self._finish(engine, out, loss)
+
+    @staticmethod
+    def _finish(engine: GuardedTrainer, out: dict[str, Any], loss: torch.Tensor) -> list[dict[str, Any]]:
+        """Fire ``MODEL_COMPLETED`` (MONAI decollates and post-processes there) and return a list of dicts."""
         out[Keys.LOSS] = loss.detach()
-        return out
+        engine.state.output = out
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        result = engine.state.output
+        if isinstance(result, dict):  # nothing batched to decollate (loss only): still MONAI's list form
+            result = [result]
+        engine.state.output = result
+        return result
 
     def _handle_nonfinite(self, engine: GuardedTrainer, batchdata: Any, out: dict[str, Any]) -> None:
-        terms = out.get("terms", {})
+        terms = engine.state.loss_terms
         where = (
             f"non-finite loss {float(out[Keys.LOSS].detach()):.4g} at epoch {engine.state.epoch}, "
             f"iteration {engine.state.iteration}; samples {batch_ids(batchdata) or '?'}; terms {terms}"

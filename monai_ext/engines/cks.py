@@ -70,13 +70,14 @@ def cks_step_losses(
     weights: Mapping[str, float] | None = None,
     warmup: bool = False,
     device: torch.device | str | None = None,
+    border_to_principal: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and named terms of one batch (used by :class:`CKSTrainer`; callable alone for tests).
 
     Batch keys: ``image`` ``(B, C, H, W)``, ``points`` ``(B, N, 2)`` (padded with -1), ``points_valid`` ``(B, N)``,
     optional ``prior_d`` ``(B,)`` (per-image size prior), ``class_index`` ``(B,)`` (collaborator class), and for
     ``mode="supervised"`` ``label`` ``(B, 1, H, W)`` + optional ``point_ids`` ``(B, N)`` (instance id per point;
-    default: the label under the point).
+    default: the label under the point). ``border_to_principal=False``: ``L_B`` trains the border net only.
     """
     lam = {"det": 1.0, "s": 1.0, "b": 1.0, "mc": 1.0, "m": 1.0, "sup": 1.0}
     lam.update(weights or {})
@@ -112,7 +113,7 @@ def cks_step_losses(
         prior_d = None
         if "prior_d" in batch:
             prior_d = _plain(batch["prior_d"], device).float().reshape(-1)[ib]
-        cks = cks_loss(logits, origin, ib, out["instance_locations"], fg, edge, prior_d, warmup)
+        cks = cks_loss(logits, origin, ib, out["instance_locations"], fg, edge, prior_d, warmup, border_to_principal)
         terms.update(cks)
         total = total + lam["s"] * cks["loss_s"] + lam["b"] * cks["loss_b"] + lam["mc"] * cks["loss_mc"] \
             + lam["m"] * cks["loss_m"]
@@ -133,6 +134,11 @@ class CKSTrainer(GuardedTrainer):
         mode: ``"cks"`` (point supervision) or ``"supervised"`` (mask BCE, the upper bound).
         loss_weights: lambdas ``{"det", "s", "b", "mc", "m", "sup"}`` (all 1 in the paper).
         warmup_steps: iterations with the released code's warm-up losses (0: none, as the paper).
+        border_start_steps: iterations during which ``L_B`` trains the collaborator's border net only (``B_p``
+            constant); 0 (paper): both models from the first step. Before the masks take shape the border net can
+            only learn "no border", and ``L_B`` then acts on the principal as a perimeter penalty that shrinks every
+            mask; the paper notes that its collaborator learns borders only late in training, so short schedules
+            let the border net learn the principal's borders first.
         kwargs: :class:`~monai_ext.engines.base.GuardedTrainer` / ``SupervisedTrainer`` arguments
             (``device``, ``max_epochs``, ``train_data_loader``, ``network``, ``optimizer``, ...).
     """
@@ -140,7 +146,7 @@ class CKSTrainer(GuardedTrainer):
     def __init__(self, *args: Any, collaborator: nn.Module | None = None,
                  detection_loss: PointDetectionLoss | None = None, cks_loss: CKSLoss | None = None,
                  mode: str = "cks", loss_weights: Mapping[str, float] | None = None, warmup_steps: int = 0,
-                 **kwargs: Any) -> None:
+                 border_start_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if mode not in ("cks", "supervised"):
             raise ValueError(f"mode must be 'cks' or 'supervised', got {mode!r}")
@@ -152,17 +158,12 @@ class CKSTrainer(GuardedTrainer):
         self.mode = mode
         self.loss_weights = dict(loss_weights or {})
         self.warmup_steps = int(warmup_steps)
+        self.border_start_steps = int(border_start_steps)
         if collaborator is not None and mode == "cks":
             opt_params = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
             missing = [n for n, p in collaborator.named_parameters() if id(p) not in opt_params]
             if missing:
                 raise ValueError(f"the optimizer does not hold the collaborator's parameters (e.g. {missing[0]})")
-
-    def _iteration(self, engine: GuardedTrainer, batchdata: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The guarded step; the output is MONAI's decollated form, a list with one dict (``loss``, ``terms``), so
-        that MONAI's handlers (``from_engine(['loss'], first=True)``, the MLflow handler added by
-        ``--tracking mlflow``) read the loss."""
-        return [super()._iteration(engine, batchdata)]
 
     def forward_loss(self, engine: GuardedTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         if self.collaborator is not None:
@@ -170,22 +171,11 @@ class CKSTrainer(GuardedTrainer):
         warm = engine.state.iteration <= self.warmup_steps
         total, terms = cks_step_losses(
             engine.network, self.collaborator, batchdata, self.detection_loss, self.cks_loss, self.mode,
-            self.loss_weights, warm, engine.state.device,
+            self.loss_weights, warm, engine.state.device, engine.state.iteration > self.border_start_steps,
         )
         return {Keys.LOSS: total, "terms": {k: float(v.detach()) for k, v in terms.items()}}
 
 
 class CKSLossTermsLogger(LossTermsLogger):
-    """:class:`~monai_ext.handlers.LossTermsLogger` for trainers whose output is MONAI's list of dicts."""
-
-    def _accumulate(self, engine: Any) -> None:
-        out = engine.state.output
-        if isinstance(out, (list, tuple)) and out and isinstance(out[0], dict):
-            saved = engine.state.output
-            engine.state.output = out[0]
-            try:
-                super()._accumulate(engine)
-            finally:
-                engine.state.output = saved
-        else:
-            super()._accumulate(engine)
+    """Kept for configs written against it: :class:`~monai_ext.handlers.LossTermsLogger` now reads the terms from
+    ``engine.state.loss_terms``, whatever the output's form."""

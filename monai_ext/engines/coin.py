@@ -46,7 +46,7 @@ from monai_ext.pseudo.scoring import (
 )
 from monai_ext.pseudo.store import PseudoLabelStore
 from monai_ext.transforms.coin import COIN_WATERSHED, instances_to_targets
-from monai_ext.utils import get_device, to_numpy
+from monai_ext.utils import get_device, progress, to_numpy
 
 __all__ = ["EMATeacher", "COINTrainer", "COINInferer", "COINPseudoLabelBuilder", "tta_probabilities"]
 
@@ -199,6 +199,8 @@ class COINPseudoLabelBuilder:
         watershed: ``marker_watershed`` options for the teacher's instances (default ``COIN_WATERSHED``).
         min_area: refined masks smaller than this are never accepted.
         edge_mode: ``find_boundaries`` mode of the pseudo edge maps.
+        edge_width: width of the pseudo edge band inside each instance (see
+            :func:`~monai_ext.transforms.coin.instance_edges`; the paper's Canny edge is ~1 pixel).
         device: device of the teacher's inference.
         id_key: dotted key of the sample id.
         overlay_dir: folder for one overlay PNG per round (first ``overlays`` images), or ``None``.
@@ -223,6 +225,7 @@ class COINPseudoLabelBuilder:
         watershed: Mapping[str, Any] | None = None,
         min_area: int = 16,
         edge_mode: str = "inner",
+        edge_width: int = 1,
         device: str | torch.device | None = None,
         id_key: str = "meta.id",
         overlay_dir: str | Path | None = None,
@@ -238,7 +241,7 @@ class COINPseudoLabelBuilder:
         self.threshold, self.cap = threshold, float(cap)
         self.merge_previous, self.max_overlap = bool(merge_previous), float(max_overlap)
         self.watershed = dict(COIN_WATERSHED if watershed is None else watershed)
-        self.min_area, self.edge_mode = int(min_area), edge_mode
+        self.min_area, self.edge_mode, self.edge_width = int(min_area), edge_mode, int(edge_width)
         self.device = get_device(device)
         self.id_key = id_key
         self.overlay_dir = Path(overlay_dir) if overlay_dir else None
@@ -293,14 +296,14 @@ class COINPseudoLabelBuilder:
             # pass 1: seeds of every image and the dataset-level foreground centroid (CAP); features are
             # recomputed in pass 2 instead of being stored (bounded memory)
             self.propagation.centroids = CentroidAccumulator()  # a rebuilt round 0 never double-counts
-            for rec in self.records:
+            for rec in progress(self.records, "COIN round 0: seeds + centroids"):
                 image, sid = self._sample(rec)
                 seed_maps[sid] = self.seeds(image, sid).astype(np.int32)
                 self.propagation.centroids.add(self.propagation.extractor(image), seed_maps[sid], self.propagation.tile)
         thresholds, all_scores = [], []
         n_pred = n_acc = n_new = n_kept = 0
         ign_px = fg_px = tot_px = 0
-        for k, rec in enumerate(self.records):
+        for k, rec in enumerate(progress(self.records, f"COIN round {rnd}: pseudo-labels")):
             image, sid = self._sample(rec)
             arrays: dict[str, np.ndarray] = {}
             if rnd == 0:
@@ -312,12 +315,12 @@ class COINPseudoLabelBuilder:
                 pred = self.predict_instances(image)
                 previous = self.store.load(sid, rnd - 1)["instances"] if self.merge_previous else None
             refined, scores, thr = self.score(image, pred)
-            pl = build_pseudo_labels(pred, refined, scores, thr, self.edge_mode, self.min_area)
+            pl = build_pseudo_labels(pred, refined, scores, thr, self.edge_mode, self.min_area, self.edge_width)
             inst = pl["instances"]
             new = int(inst.max(initial=0))
             if previous is not None:
                 inst = merge_with_previous(inst, previous, self.max_overlap)
-            seg, edge = instances_to_targets(inst, self.edge_mode)
+            seg, edge = instances_to_targets(inst, self.edge_mode, self.edge_width)
             self.store.write(rnd, sid, instances=inst, seg=seg, edge=edge, pred=pred.astype(np.int32),
                              scores=scores.astype(np.float32), **arrays)
             self._overlay(rnd, k, sid, image, inst)

@@ -43,7 +43,7 @@ from monai_ext.losses.em import IgnoreCrossEntropyLoss, WeightedHeatmapLoss
 from monai_ext.pseudo.ipl import IPLResult, merge_stats, point_targets, pseudo_points_from_peaks, select_instances, \
     supervised_targets
 from monai_ext.pseudo.store import PseudoLabelStore
-from monai_ext.utils import to_numpy
+from monai_ext.utils import progress, to_numpy
 
 __all__ = [
     "MODES",
@@ -380,7 +380,7 @@ class IPLBuilder:
             net.eval()
         per_slice = []
         try:
-            for rec in self.records:  # one target slice at a time (bounded memory)
+            for rec in progress(self.records, f"EM round {rnd}: pseudo-labels", unit="slice"):  # one target slice at a time (bounded memory)
                 sample = self.load(rec)
                 sid = str(sample["meta"]["id"]) if isinstance(sample.get("meta"), Mapping) else str(rec.get("id"))
                 res = self.build_one(sample, rnd, net, device)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from monai_ext.errors import StorageError, TrainingError
 from monai_ext.utils import atomic_save, get_rng_state, set_rng_state
 
 from ._ignite import Engine, Events
@@ -21,8 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def unwrap_module(net: torch.nn.Module) -> torch.nn.Module:
-    """Return the module inside DataParallel / DistributedDataParallel wrappers."""
-    return getattr(net, "module", net)
+    """Return the module inside DataParallel / DistributedDataParallel wrappers.
+
+    Only those wrappers are unwrapped: other modules with a ``module`` attribute (an EMA teacher) keep their own
+    state (e.g. the EMA update count), which a resumed run needs.
+    """
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return net.module if isinstance(net, wrappers) else net
 
 
 class TrainingCheckpoint:
@@ -35,6 +41,10 @@ class TrainingCheckpoint:
     state. On ``STARTED`` the checkpoint is loaded when ``resume`` is true, so re-running the same
     command continues the run from the last completed epoch. On completion the plain network weights
     are also written to ``final_model_path`` (what inference, export and MONAI Label load).
+
+    A save that fails (disk full, file size limit, read-only folder) raises
+    :class:`~monai_ext.errors.StorageError` naming the file and the epoch of the checkpoint still on disk,
+    instead of training on without a checkpoint.
 
     Args:
         ckpt_dir: folder for ``last.pt``.
@@ -67,6 +77,7 @@ class TrainingCheckpoint:
         self.network_key = network_key
         self.save_final = save_final
         self.resumed_from: int | None = None
+        self.saved_epoch: int | None = None  # epoch of the checkpoint known to be on disk
 
     @property
     def last_path(self) -> Path:
@@ -96,8 +107,28 @@ class TrainingCheckpoint:
         """Atomically replace ``last.pt`` with the current state (rank 0 only)."""
         if not self._is_rank0():
             return
-        atomic_save(self.state(engine), self.last_path)
+        self._write(self.state(engine), self.last_path, f"checkpoint of epoch {engine.state.epoch}")
+        self.saved_epoch = int(engine.state.epoch)
         logger.info("saved checkpoint %s at epoch %d", self.last_path, engine.state.epoch)
+
+    def _write(self, obj: Any, path: Path, what: str) -> None:
+        """``atomic_save`` with an error that says what failed and what is still intact."""
+        try:
+            atomic_save(obj, path)
+        except OSError as exc:
+            reason = exc.__cause__ or exc
+            kept = (
+                f"the checkpoint of epoch {self.saved_epoch} in {self.last_path} is intact"
+                if self.saved_epoch is not None and self.last_path.exists()
+                else "no earlier file was changed"
+            )
+            raise StorageError(
+                f"cannot write the {what} ({reason}); the disk may be full or the folder not writable. "
+                f"Nothing was half-written: {kept}. Free space (or fix the folder) and re-run the same command "
+                "to resume.",
+                path,
+                getattr(reason, "errno", None) or exc.errno,
+            ) from exc
 
     def load(self, engine: Engine) -> None:
         """Restore ``last.pt`` into every object (called on ``STARTED``)."""
@@ -106,20 +137,23 @@ class TrainingCheckpoint:
         try:
             ckpt = torch.load(self.last_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt file: say which and why, never train from garbage
-            raise RuntimeError(
+            raise TrainingError(
                 f"cannot resume from {self.last_path}: the checkpoint is unreadable ({exc}). "
                 "Delete it to start afresh."
             ) from exc
         missing = [k for k in self.save_dict if k not in ckpt]
         if missing:
-            raise RuntimeError(f"cannot resume from {self.last_path}: it lacks {missing}")
+            raise TrainingError(
+                f"cannot resume from {self.last_path}: it lacks {missing} (written by another configuration?). "
+                "Use another ckpt_dir or delete it to start afresh."
+            )
         prior_max_epochs = engine.state.max_epochs
         for key, obj in self.save_dict.items():
             obj = unwrap_module(obj) if isinstance(obj, torch.nn.Module) else obj
-            obj.load_state_dict(ckpt[key])
+            self._load_one(key, obj, ckpt[key])
         if prior_max_epochs is not None:
             if engine.state.epoch > prior_max_epochs:
-                raise RuntimeError(
+                raise TrainingError(
                     f"{self.last_path} is at epoch {engine.state.epoch}, beyond max_epochs={prior_max_epochs}; "
                     "raise max_epochs to continue training"
                 )
@@ -127,7 +161,21 @@ class TrainingCheckpoint:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         self.resumed_from = int(ckpt.get("epoch", engine.state.epoch))
+        self.saved_epoch = self.resumed_from
         logger.info("resumed from %s (epoch %d)", self.last_path, self.resumed_from)
+
+    def _load_one(self, key: str, obj: Any, state: Any) -> None:
+        """``obj.load_state_dict(state)``; checkpoints of older versions stored only ``obj.module`` of wrapper-like
+        modules (EMA teachers): those still load, with a warning that the wrapper's own state restarts."""
+        try:
+            obj.load_state_dict(state)
+        except RuntimeError:
+            inner = getattr(obj, "module", None)
+            if not isinstance(obj, torch.nn.Module) or not isinstance(inner, torch.nn.Module):
+                raise
+            inner.load_state_dict(state)
+            logger.warning("%s: %r holds only the weights of %s.module (older checkpoint); its other state restarts",
+                           self.last_path, key, type(obj).__name__)
 
     def completed(self, engine: Engine) -> None:
         if not self._is_rank0():
@@ -136,5 +184,5 @@ class TrainingCheckpoint:
             self.save(engine)
         if self.final_model_path is not None and self.network_key in self.save_dict:
             net = unwrap_module(self.save_dict[self.network_key])
-            atomic_save(net.state_dict(), self.final_model_path)
+            self._write(net.state_dict(), self.final_model_path, "final network weights")
             logger.info("saved final weights %s", self.final_model_path)

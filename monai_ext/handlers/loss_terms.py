@@ -13,7 +13,10 @@ __all__ = ["LossTermsLogger"]
 
 
 class LossTermsLogger:
-    """Average ``engine.state.output["terms"]`` over each epoch into ``engine.state.metrics``.
+    """Average the named loss terms of each iteration over the epoch into ``engine.state.metrics``.
+
+    Terms are read from ``engine.state.loss_terms`` (set by :class:`~monai_ext.engines.GuardedTrainer`), else
+    from a ``"terms"`` entry of the output (a dict, or the first dict of a decollated list).
 
     Args:
         prefix: metric name prefix, e.g. ``"train_"`` gives ``train_loss_seg``.
@@ -34,8 +37,11 @@ class LossTermsLogger:
         self._counts.clear()
 
     def _accumulate(self, engine: Engine) -> None:
-        out = engine.state.output
-        terms = out.get("terms", {}) if isinstance(out, dict) else {}
+        terms = getattr(engine.state, "loss_terms", None)
+        if terms is None:
+            out = engine.state.output
+            out = out[0] if isinstance(out, (list, tuple)) and out else out
+            terms = out.get("terms", {}) if isinstance(out, dict) else {}
         for name, value in terms.items():
             value = float(value)
             if value == value:  # skip NaN

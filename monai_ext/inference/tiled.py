@@ -23,6 +23,7 @@ import tifffile
 from scipy import ndimage
 
 from monai_ext.errors import DataError
+from monai_ext.utils import progress
 
 __all__ = ["TiledResult", "tiled_instance_segmentation", "keep_core_instances"]
 
@@ -165,7 +166,7 @@ def tiled_instance_segmentation(
         buf = buf[rows:]
         buf_top = upto
 
-    for r0 in range(0, height, tile):
+    for r0 in progress(range(0, height, tile), "tiled inference", unit="tile row"):
         r1 = min(r0 + tile, height)
         y0, y1 = max(r0 - margin, 0), min(r1 + margin, height)
         need = y1 - buf_top

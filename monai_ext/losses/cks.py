@@ -40,6 +40,8 @@ Released-code-only behaviour, as options (paper defaults): ``warmup`` (hard labe
 ``-log(1 - m_j)`` overlap term and a broad prior ``(pi, d) = (1, 100)`` in ``L_M``), ``points_as_foreground``
 (``M_p = 1`` at the rounded points), ``collapse_exponent`` 1/2, ``border_mask_covered`` (``L_B`` only where some
 window lies, later code) and the prior centred on the window centre instead of the point (``prior_center``).
+Not in the paper nor the code: ``forward(..., border_to_principal=False)`` makes ``B_p`` a constant in ``L_B`` (only the
+border net learns), used by the trainer's ``border_start_steps`` for short schedules.
 """
 
 from __future__ import annotations
@@ -227,12 +229,16 @@ class CKSLoss(nn.Module):
 
     def forward(self, instance_logits: torch.Tensor, instance_origin: torch.Tensor, instance_batch: torch.Tensor,
                 instance_locations: torch.Tensor, fg_logit: torch.Tensor, edge_logit: torch.Tensor,
-                prior_d: torch.Tensor | None = None, warmup: bool = False) -> dict[str, torch.Tensor]:
+                prior_d: torch.Tensor | None = None, warmup: bool = False,
+                border_to_principal: bool = True) -> dict[str, torch.Tensor]:
         """Args:
             instance_logits ... instance_locations: the principal's per-cell outputs (:class:`LacssNet`).
             fg_logit, edge_logit: ``(B, 1, H, W)`` collaborator logits (``H, W``: the image size).
             prior_d: ``(M,)`` per-cell ``d`` (``None``: the default ``d``).
             warmup: use the warm-up variants.
+            border_to_principal: ``False``: ``B_p`` is a constant in ``L_B``, so only the border net learns (the
+                border net first learns the principal's borders before they are fed back; see
+                :class:`~monai_ext.engines.cks.CKSTrainer` ``border_start_steps``). ``True``: the paper.
 
         Returns:
             ``{"loss_m", "loss_s", "loss_b", "loss_mc"}``.
@@ -270,7 +276,7 @@ class CKSLoss(nn.Module):
         loss_s = instance_consistency_loss(instance_logits, mc_crops, others, valid, self.consistency_s, warmup,
                                            others_log)
         # ---- L_B: both
-        bp = border_map(probs, flat, valid, size, self.sobel)
+        bp = border_map(probs if border_to_principal else probs.detach(), flat, valid, size, self.sobel)
         mask = None
         if self.border_mask_covered:
             mask = paste_crops(valid.to(probs.dtype), flat, valid, size, reduce="amax") > 0

@@ -29,7 +29,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import relabel_sequential, remove_small_instances
+from monai_ext.postprocess.watershed import check_finite, relabel_sequential, remove_small_instances
 from monai_ext.utils import to_numpy
 
 __all__ = [
@@ -75,6 +75,7 @@ def connected_instances(fg_prob: Any, fg_threshold: float = 0.5, min_size: int =
     p = np.asarray(to_numpy(fg_prob), np.float32)
     if p.ndim != 2:
         raise DataError(f"fg_prob must be 2D, got shape {p.shape}")
+    check_finite(p, "fg_prob")
     lab, _ = ndimage.label(_mask(p, fg_threshold, fill_holes), ndimage.generate_binary_structure(2, connectivity))
     return remove_small_instances(lab, min_size)
 
@@ -115,6 +116,8 @@ def centre_watershed(fg_prob: Any, heatmap: Any, fg_threshold: float = 0.5, peak
     h = np.asarray(to_numpy(heatmap), np.float32)
     if p.ndim != 2 or p.shape != h.shape:
         raise DataError(f"fg_prob and heatmap must be 2D maps of one shape, got {p.shape} and {h.shape}")
+    check_finite(p, "fg_prob")
+    check_finite(h, "heatmap")
     mask = _mask(p, fg_threshold, fill_holes)
     if not mask.any():
         return np.zeros(p.shape, np.int32)

@@ -41,7 +41,15 @@ def _spatial(x: Any, name: str) -> np.ndarray:
     arr = to_numpy(x)
     if arr.ndim not in (2, 3):
         raise DataError(f"{name} must be (H, W) or (D, H, W) without a channel axis, got shape {arr.shape}")
+    check_finite(arr, name)
     return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise :class:`DataError` if a float map holds NaN/inf (a diverged network): the watershed would otherwise
+    return garbage or, on some maps, never finish."""
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise DataError(f"{name} contains {int((~np.isfinite(arr)).sum())} NaN/inf value(s) (a diverged network?)")
 
 
 def footprint(radius: int, ndim: int) -> np.ndarray:
@@ -164,7 +172,9 @@ def distance_watershed(
         pos = ndimage.maximum_position(dist, comps, orphan_ids)
         idx = tuple(np.asarray(pos, dtype=np.int64).reshape(len(orphan_ids), nd).T)
         markers[idx] = new_ids[orphan_ids]
-    labels = watershed(-dist, markers, mask=m)
+    # flood with the connectivity the components were found with (full), or a pixel touching its object only
+    # diagonally would stay unlabelled
+    labels = watershed(-dist, markers, mask=m, connectivity=nd)
     return remove_small_instances(labels, min_size) if min_size > 0 else relabel_sequential(labels)
 
 
@@ -239,5 +249,5 @@ def marker_watershed(
         inner = ndimage.distance_transform_edt(mask)
         pos = np.asarray(ndimage.maximum_position(inner, comps, orphan), dtype=np.int64).reshape(orphan.size, nd)
         markers[tuple(pos.T)] = int(markers.max(initial=0)) + 1 + np.arange(orphan.size, dtype=np.int32)
-    labels = watershed(elevation, markers, mask=mask)
+    labels = watershed(elevation, markers, mask=mask, connectivity=nd)  # full, as the components (see above)
     return remove_small_instances(labels, min_size) if min_size > 0 else relabel_sequential(labels)

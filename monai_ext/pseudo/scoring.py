@@ -182,6 +182,7 @@ def build_pseudo_labels(
     threshold: float,
     edge_mode: str = "inner",
     min_area: int = 1,
+    edge_width: int = 1,
 ) -> dict[str, Any]:
     """COIN Eq. 8-10: accepted instances (``score > threshold``) take their refined mask, the rest of the
     predicted foreground is ignore, everything else background.
@@ -201,7 +202,7 @@ def build_pseudo_labels(
     # a refined mask completely hidden by more confident ones disappears: keep ids compact
     inst = relabel_sequential(inst)
     inst[(lab > 0) & (inst == 0)] = -1
-    seg, edge = instances_to_targets(inst, edge_mode)
+    seg, edge = instances_to_targets(inst, edge_mode, edge_width)
     return {"instances": inst, "seg": seg, "edge": edge, "accepted": refined.ids[order]}
 
 

@@ -83,22 +83,31 @@ def hematoxylin(image: Any, sigma: float = 0.0) -> np.ndarray:
     return ndimage.gaussian_filter(h, sigma) if sigma > 0 else h
 
 
-def instance_edges(labels: np.ndarray, mode: str = "inner") -> np.ndarray:
+def instance_edges(labels: np.ndarray, mode: str = "inner", width: int = 1) -> np.ndarray:
     """Boundary pixels of every instance (``labels > 0``), as ``bool``; negatives (ignore) are not instances.
 
     Equivalent to the union of per-instance Canny edges of binary masks used by COIN (Eq. 10): a binary step
     has its edge exactly on the instance contour. ``mode`` is scikit-image's ``find_boundaries`` mode
     (``"inner"``: the instance's own contour pixels, so two touching nuclei give a 2-pixel separating line).
+    ``width > 1`` thickens the contour inwards to a band of ``width`` pixels inside the instances (a deviation
+    from the paper's 1-pixel Canny edge, configurable: a thin edge is hard to learn for a small student and its
+    probability stays uncalibrated, so object cores, the markers of the edge-aware decoding, do not separate).
     """
     lab = np.where(np.asarray(labels) > 0, labels, 0)
-    return find_boundaries(lab, mode=mode) & (lab > 0) if mode == "inner" else find_boundaries(lab, mode=mode)
+    edge = find_boundaries(lab, mode=mode) & (lab > 0) if mode == "inner" else find_boundaries(lab, mode=mode)
+    if width > 1:
+        edge = ndimage.binary_dilation(edge, ndimage.generate_binary_structure(lab.ndim, 1), iterations=width - 1)
+        edge &= lab > 0
+    return edge
 
 
-def instances_to_targets(labels: np.ndarray, edge_mode: str = "inner") -> tuple[np.ndarray, np.ndarray]:
-    """Instance labels (``-1`` = ignore) -> ``seg`` (0/1/255) and ``edge`` (0/1/255) uint8 maps (COIN Eq. 9-10)."""
+def instances_to_targets(labels: np.ndarray, edge_mode: str = "inner", edge_width: int = 1
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels (``-1`` = ignore) -> ``seg`` (0/1/255) and ``edge`` (0/1/255) uint8 maps (COIN Eq. 9-10);
+    ``edge_width``: see :func:`instance_edges`."""
     lab = np.asarray(labels)
     seg = (lab > 0).astype(np.uint8)
-    edge = instance_edges(lab, edge_mode).astype(np.uint8)
+    edge = instance_edges(lab, edge_mode, edge_width).astype(np.uint8)
     ign = lab < 0
     seg[ign] = IGNORE_INDEX
     edge[ign] = IGNORE_INDEX
@@ -190,9 +199,9 @@ class PseudoTargetsd(MapTransform):
     backend = ["numpy"]
 
     def __init__(self, keys: str = "instances", seg_key: str = "seg", edge_key: str = "edge",
-                 edge_mode: str = "inner", allow_missing_keys: bool = True) -> None:
+                 edge_mode: str = "inner", allow_missing_keys: bool = True, edge_width: int = 1) -> None:
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
-        self.seg_key, self.edge_key, self.edge_mode = seg_key, edge_key, edge_mode
+        self.seg_key, self.edge_key, self.edge_mode, self.edge_width = seg_key, edge_key, edge_mode, int(edge_width)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -203,7 +212,7 @@ class PseudoTargetsd(MapTransform):
         for key in self.key_iterator(d):
             lab = to_numpy(d[key])
             lab = lab[0] if lab.ndim == 3 else lab
-            seg, edge = instances_to_targets(lab, self.edge_mode)
+            seg, edge = instances_to_targets(lab, self.edge_mode, self.edge_width)
             d[self.seg_key] = seg[None].astype(np.int64)
             d[self.edge_key] = edge[None].astype(np.int64)
         if self.seg_key not in d:
@@ -217,17 +226,18 @@ class InstanceTargetsd(MapTransform):
     backend = ["numpy"]
 
     def __init__(
-        self, keys: str = "label", seg_key: str = "seg", edge_key: str = "edge", edge_mode: str = "inner"
+        self, keys: str = "label", seg_key: str = "seg", edge_key: str = "edge", edge_mode: str = "inner",
+        edge_width: int = 1,
     ) -> None:
         super().__init__(keys)
-        self.seg_key, self.edge_key, self.edge_mode = seg_key, edge_key, edge_mode
+        self.seg_key, self.edge_key, self.edge_mode, self.edge_width = seg_key, edge_key, edge_mode, int(edge_width)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             lab = to_numpy(d[key])
             lab = lab[0] if lab.ndim == 3 else lab
-            seg, edge = instances_to_targets(lab, self.edge_mode)
+            seg, edge = instances_to_targets(lab, self.edge_mode, self.edge_width)
             d[self.seg_key] = seg[None].astype(np.int64)
             d[self.edge_key] = edge[None].astype(np.int64)
         return d
