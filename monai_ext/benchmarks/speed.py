@@ -85,7 +85,7 @@ def benchmark_bundle(name: str, work: Path, spec: dict[str, Any] | None = None,
     train_wall = _run(root, ["train.json", *extra_configs, "speed_timer_train.json"], *args, "--train#trainer#max_epochs", "1",
                       log=work / "train.log")
     infer_wall = _run(root, ["inference.json", *extra_configs, "speed_timer_infer.json"], *args, log=work / "infer.log")
-    return {
+    result = {
         "bundle": name,
         "image_size": std["size"],
         "train": json.loads((work / "train_timing.json").read_text()),
@@ -94,6 +94,8 @@ def benchmark_bundle(name: str, work: Path, spec: dict[str, Any] | None = None,
         "inference_wall_s": infer_wall,
         "data": str(data),
     }
+    (work / "result.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
 
 
 def _peer_images(name: str, data: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -104,8 +106,11 @@ def _peer_images(name: str, data: Path) -> tuple[list[np.ndarray], list[np.ndarr
     return [s["image"] for s in samples], [s["label"][0] for s in samples]
 
 
-def run(names: list[str], out: Path, peers: bool = True) -> dict[str, Any]:
-    """Benchmark ``names`` and the peers; write ``speed.json`` / ``speed.md`` under ``out``."""
+def run(names: list[str], out: Path, peers: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Benchmark ``names`` and the peers; write ``speed.json`` / ``speed.md`` under ``out``.
+
+    ``resume`` reuses the bundles already measured under ``out`` (their ``result.json``) and measures the rest.
+    """
     from monai_ext.benchmarks import peers as peer_mod
     from monai_ext.data.sample import cache_root
 
@@ -120,6 +125,10 @@ def run(names: list[str], out: Path, peers: bool = True) -> dict[str, Any]:
         "peers": {},
     }
     for name in names:
+        done = out / "work_speed" / name / "result.json"
+        if resume and done.is_file():  # an interrupted benchmark continues where it stopped
+            results["bundles"][name] = json.loads(done.read_text())
+            continue
         results["bundles"][name] = benchmark_bundle(name, out / "work_speed" / name)
     if peers and "point_fluorescence" in results["bundles"]:
         imgs, labs = _peer_images("point_fluorescence", Path(results["bundles"]["point_fluorescence"]["data"]))
@@ -172,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="*", default=["all"], help="bundle names/aliases or 'all'")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse the bundles already measured under --out")
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not update the README's Results")
     args = ap.parse_args(argv)
     names = list(STANDARD) if args.bundles in (["all"], []) else [ALIASES.get(b, b) for b in args.bundles]
-    res = run(names, Path(args.out), peers=not args.no_peers)
+    res = run(names, Path(args.out), peers=not args.no_peers, resume=args.resume)
     table = markdown(res)
     print(table)
     if args.readme and update_readme_section("speed", table):
