@@ -83,11 +83,3 @@ def test_tiny_train_resume_and_3d_evaluation(tmp_path: Path) -> None:
     pred = sorted((root / "eval3d" / "predictions").glob("*.tif"))
     assert len(pred) == 1  # one volume, instances linked across slices
 
-
-@pytest.mark.slow
-def test_quick_quality_benchmark(tmp_path: Path) -> None:
-    from monai_ext.benchmarks.quality_em import run
-
-    result = run(tmp_path, quick=True, seed=0)
-    assert result["targets"]["WDA AJI > source-only AJI"], result["markdown"]
-    assert {r["method"] for r in result["rows"]} == {"source-only", "WDA 15% points"}
