@@ -35,35 +35,32 @@ def test_repository_readme_has_both_sections() -> None:
         assert text.count(f"<!-- results:{name}:start -->") == 1 and text.count(f"<!-- results:{name}:end -->") == 1
 
 
-def test_quality_table_from_existing_reports(tmp_path: Path) -> None:
-    """``benchmark_quality.py all --from-reports`` combines the per-method JSON reports without training."""
-    import json
+def _run_quality_script(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Exit status of ``scripts/benchmark_quality.py`` run as ``__main__`` with ``argv``."""
     import runpy
     import sys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_quality.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    return exit_info.value.code
+
+
+def test_quality_table_from_existing_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmark_quality.py all --from-reports`` combines the per-method JSON reports without training."""
+    import json
+
     methods = ("coin", "points", "em", "spoco")
     for k, m in enumerate(methods):
         summary = {"data": f"synthetic {m}", "budget": "points", "metric": "aji", "ours": 0.5 + k / 10,
                    "upper_bound": 0.8, "ratio": (0.5 + k / 10) / 0.8, "paper_ratio": 0.9}
         (tmp_path / f"quality_{m}.json").write_text(json.dumps(
             {"method": m, "summary": summary, "targets": {"t": k % 2 == 0}, "markdown": f"table {m}", "quick": True}))
-    argv = sys.argv
-    sys.argv = [str(script), "all", "--from-reports", "--out", str(tmp_path), "--no-readme"]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code == 0
+    argv = ["all", "--from-reports", "--out", str(tmp_path), "--no-readme"]
+    assert _run_quality_script(argv, monkeypatch) == 0
     table = (tmp_path / "quality.md").read_text().splitlines()
     assert len(table) == 2 + len(methods)
     assert table[2].startswith("| coin | synthetic coin | points | aji | 0.500 | 0.800 | 0.625 | 0.900 |")
     (tmp_path / "quality_em.json").unlink()
-    sys.argv = [str(script), "all", "--from-reports", "--out", str(tmp_path), "--no-readme"]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code == 2  # argparse error: a report is missing
+    assert _run_quality_script(argv, monkeypatch) == 2  # argparse error: a report is missing
