@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: install demo test test-fast benchmark-speed benchmark-quality clean
+.PHONY: install demo test test-fast benchmark-speed benchmark-stages benchmark-quality clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-label.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: $(STAMP)
 
 benchmark-speed: $(STAMP)
 	$(PY) scripts/benchmark_speed.py
+
+benchmark-stages: $(STAMP)
+	$(PY) scripts/benchmark_stages.py all
 
 benchmark-quality: $(STAMP)
 	$(PY) scripts/benchmark_quality.py all

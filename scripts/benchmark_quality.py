@@ -20,6 +20,9 @@ from pathlib import Path
 from monai_ext.benchmarks.readme import README, update_readme_section
 
 METHODS = ("coin", "points", "em", "spoco")
+#: each method's bundle documentation, whose "Measured" section gets the method's report
+BUNDLE_DOCS = {m: Path(__file__).resolve().parents[1] / "bundles" / b / "docs" / "README.md" for m, b in (
+    ("coin", "coin_histopathology"), ("points", "point_fluorescence"), ("em", "em_mito_wda"), ("spoco", "spoco_sparse"))}
 
 
 def run_one(method: str, out: Path, quick: bool, seed: int) -> dict:
@@ -78,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         per_method = "\n".join(f"#### {r.get('method')}\n\n{r.get('markdown', '').strip()}\n" for r in results)
         if args.readme and update_readme_section("quality", f"{header}\n\n{table}\n{per_method}"):
             print(f"README results updated ({README})")
+    if args.readme:
+        for m, r in zip(methods, results):
+            kind = "reduced CI version (`--quick`)" if r.get("quick") else "full version"
+            body = f"Latest {kind}, {r.get('seconds', 0) / 60:.1f} min:\n\n{r.get('markdown', '').strip()}"
+            if update_readme_section("quality", body, BUNDLE_DOCS[m]):
+                print(f"bundle documentation updated ({BUNDLE_DOCS[m]})")
     print(table)
     for r in results:
         for target, ok in r.get("targets", {}).items():

@@ -18,6 +18,9 @@ def test_benchmark_bundle_reports_train_and_inference_timings(tmp_path: Path) ->
     assert train["iterations"] >= 1 and train["median_s"] > 0
     assert infer["iterations"] >= 1 and 0 < infer["median_s"] < res["inference_wall_s"]
     assert infer["samples_per_s"] > 0 and infer["peak_rss_mb"] >= infer["baseline_rss_mb"] > 0
+    # batch size 1: one RGB image per iteration (the decollated sample's 3 channels are not 3 samples)
+    assert infer["samples"] == infer["iterations"]
+    assert infer["samples_per_s"] == pytest.approx(infer["iterations"] / (infer["mean_s"] * infer["iterations"]))
     table = markdown({"device": "cpu", "cpu": "x", "cpu_count": 2, "torch_threads": 1, "bundles": {"spoco_sparse": res},
                       "peers": {}})
     assert "| spoco_sparse |" in table

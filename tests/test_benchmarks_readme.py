@@ -29,9 +29,9 @@ def test_missing_or_broken_markers(tmp_path: Path) -> None:
         update_readme_section("speed", "x", readme)
 
 
-def test_repository_readme_has_both_sections() -> None:
+def test_repository_readme_has_every_results_section() -> None:
     text = README.read_text()
-    for name in ("quality", "speed"):
+    for name in ("quality", "speed", "stages"):
         assert text.count(f"<!-- results:{name}:start -->") == 1 and text.count(f"<!-- results:{name}:end -->") == 1
 
 
@@ -64,3 +64,11 @@ def test_quality_table_from_existing_reports(tmp_path: Path, monkeypatch: pytest
     assert table[2].startswith("| coin | synthetic coin | points | aji | 0.500 | 0.800 | 0.625 | 0.900 |")
     (tmp_path / "quality_em.json").unlink()
     assert _run_quality_script(argv, monkeypatch) == 2  # argparse error: a report is missing
+
+
+def test_every_bundle_doc_has_a_quality_section_filled_from_reports() -> None:
+    root = README.parent
+    for bundle in ("coin_histopathology", "point_fluorescence", "em_mito_wda", "spoco_sparse"):
+        text = (root / "bundles" / bundle / "docs" / "README.md").read_text()
+        assert text.count("<!-- results:quality:start -->") == 1 and text.count("<!-- results:quality:end -->") == 1
+        assert "PLACEHOLDER" not in text

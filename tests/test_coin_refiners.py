@@ -134,3 +134,21 @@ def test_sam_refiner_errors(tmp_path) -> None:
     (tmp_path / "x.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown SAM model type"):
         SAMRefiner(tmp_path / "x.pth", "vit_giant")
+
+
+def test_snap_to_mask_moves_points_to_the_nearest_mask_pixel_within_the_radius() -> None:
+    from monai_ext.pseudo.refiners import _snap_to_mask
+
+    m = np.zeros((20, 20), bool)
+    m[5, 8] = True  # 3 px right of (5, 5)
+    m[15:17, 15:17] = True
+    y = np.array([5, 16, 0, 5])
+    x = np.array([5, 15, 0, 12])
+    found, sy, sx = _snap_to_mask(m, y, x, 3.0)
+    assert found.tolist() == [True, True, False, False]  # on the mask stays; (0,0) and (5,12) are > 3 px away
+    assert (sy.tolist(), sx.tolist()) == ([5, 16, 0, 5], [8, 15, 0, 12])
+    # the distance-transform reference: every found point is at the exact nearest distance
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~m)
+    assert np.allclose(np.hypot(sy - y, sx - x)[found], dist[y, x][found])

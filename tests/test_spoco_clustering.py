@@ -132,3 +132,34 @@ def test_3d_volume() -> None:
     vol = np.stack([emb, emb, emb], axis=1)
     pred, _ = cluster_embeddings(vol, bandwidth=0.5, mask=vol_lab > 0, min_size=20)
     assert pred.shape == vol_lab.shape and sbd(vol_lab, pred) > 0.99
+
+
+def test_nearest_centre_matches_brute_force_in_bounded_chunks() -> None:
+    rng = np.random.default_rng(3)
+    pts, ref = rng.normal(size=(1000, 16)), rng.normal(size=(300, 16))
+    brute = ((pts[:, None, :] - ref[None]) ** 2).sum(-1).argmin(1)
+    # chunks of 7 points at a time (2100 distances) give the same answer as one pass
+    assert (nearest_centre(pts, ref, chunk_elements=2100) == brute).all()
+    assert (nearest_centre(pts, ref, dtype=np.float64) == brute).all()
+    with pytest.raises(ValueError, match="at least one centre"):
+        nearest_centre(pts, ref[:0])
+
+
+def test_hdbscan_epsilon_fallback_labels_from_the_fitted_tree() -> None:
+    """When scikit-learn's epsilon search fails (issue 33219) the labels come from the already-built tree with
+    epsilon 0: identical to a refit with epsilon 0."""
+    from sklearn.cluster import HDBSCAN
+
+    from monai_ext.postprocess.clustering import _hdbscan
+
+    emb, _ = _scene(5, noise=0.3)
+    pts = emb.reshape(emb.shape[0], -1).T.astype(np.float64)
+    got = _hdbscan(pts, 20, 0.5, None)
+    refit = HDBSCAN(min_cluster_size=20, cluster_selection_epsilon=0.0, copy=True).fit_predict(pts)
+    try:
+        direct = HDBSCAN(min_cluster_size=20, cluster_selection_epsilon=0.5, copy=True).fit_predict(pts)
+    except TypeError:  # the scikit-learn bug: our labels are the epsilon-0 ones
+        assert (got == refit).all()
+    else:
+        assert (got == direct).all()
+    assert got.max() >= 4  # the five blobs (and background) are found, not one cluster

@@ -169,31 +169,38 @@ def _predict(net: torch.nn.Module, data: list[dict], device: torch.device) -> tu
 
 
 # --------------------------------------------------------------------------------------------- speed
-def _speed(cfg: dict, seed: int, device: torch.device, net: torch.nn.Module, prop: Any) -> dict[str, Any]:
+def pseudo_label_step_times(image: np.ndarray, prop: Any) -> tuple[dict[str, float], np.ndarray]:
+    """Seconds of each COIN Step 0-2 stage on one image (seeds, features, similarity, OT, watershed, refiner, scores,
+    pseudo-labels) with the offline components; ``prop`` is a fitted
+    :class:`~monai_ext.pseudo.propagation.PixelPropagation`. Returns ``(times, step-1 instances)``."""
+    from monai_ext.postprocess.watershed import distance_watershed
+    from monai_ext.pseudo.propagation import ot_push
     from monai_ext.pseudo.refiners import ClassicalRefiner
     from monai_ext.pseudo.scoring import adaptive_threshold, build_pseudo_labels, consistency_scores
     from monai_ext.pseudo.seeds import StainWatershedSeeds
 
-    d = make_dataset("he", 1, seed=seed + 555, shape=tuple(cfg["speed_shape"]))[0]
-    scale = 1e6 / float(np.prod(cfg["speed_shape"]))  # seconds per 1000x1000 image
     t = _Timer()
-    seeds = t("step0_seeds", StainWatershedSeeds(), d["image"])
-    fmap = t("step1_features", prop.extractor, d["image"])
-    sim = t("step1_similarity", prop.similarity, d["image"], seeds, fmap)
-    from monai_ext.postprocess.watershed import distance_watershed
-    from monai_ext.pseudo.propagation import ot_push
-
+    seeds = t("step0_seeds", StainWatershedSeeds(), image)
+    fmap = t("step1_features", prop.extractor, image)
+    sim = t("step1_similarity", prop.similarity, image, seeds, fmap)
     ot = t("step1_ot", ot_push, sim, prop.reg)
     inst = t("step1_watershed", distance_watershed, (ot[1] > ot[0]).cpu().numpy(), prop.min_distance)
-    refined = t("step2_refiner", ClassicalRefiner(), d["image"], inst)
+    refined = t("step2_refiner", ClassicalRefiner(), image, inst)
     scores = t("step2_scores", consistency_scores, inst, refined)
     t("step2_pseudo_labels", build_pseudo_labels, inst, refined, scores, adaptive_threshold(scores))
+    t.t["feature_map_mb"] = fmap.nbytes() / 2**20
+    return t.t, inst
+
+
+def _speed(cfg: dict, seed: int, device: torch.device, net: torch.nn.Module, prop: Any) -> dict[str, Any]:
+    d = make_dataset("he", 1, seed=seed + 555, shape=tuple(cfg["speed_shape"]))[0]
+    scale = 1e6 / float(np.prod(cfg["speed_shape"]))  # seconds per 1000x1000 image
+    times, inst = pseudo_label_step_times(d["image"], prop)
     _, secs = _predict(net, [d], device)
-    out = {k: v * scale for k, v in t.t.items()}
+    out = {k: v * scale for k, v in times.items()}
     out["inference_per_image"] = secs * scale
     out["inference_images_per_s_1000px"] = 1.0 / max(secs * scale, 1e-9)
     out["n_instances"] = int(inst.max())
-    out["feature_map_mb"] = fmap.nbytes() / 2**20 * scale
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["image_size"] = list(cfg["speed_shape"])
     return out

@@ -39,12 +39,17 @@ def reset_peak_rss() -> float:
 
 
 def _batch_size(batch) -> int:
+    """Samples in ``batch``: a collated dict (first axis of its first tensor), a decollated list of per-sample dicts
+    (MONAI engines decollate before ``ITERATION_COMPLETED``: its length, not the first axis of a sample's image,
+    which would count an RGB image as 3 samples) or a tuple of tensors."""
     if isinstance(batch, dict):
         for v in batch.values():
             if isinstance(v, torch.Tensor) and v.ndim > 0:
                 return int(v.shape[0])
     if isinstance(batch, (list, tuple)) and batch:
-        return _batch_size(batch[0]) if isinstance(batch[0], dict) else len(batch)
+        if isinstance(batch[0], dict):
+            return len(batch)
+        return int(batch[0].shape[0]) if isinstance(batch[0], torch.Tensor) and batch[0].ndim > 0 else len(batch)
     return 1
 
 

@@ -241,15 +241,14 @@ def paint_instances(
 
 
 def remove_small_instances(label: np.ndarray, min_area: int) -> np.ndarray:
-    """Set instances with fewer than ``min_area`` pixels to background (vectorised with ``bincount``)."""
-    if min_area <= 0 or not label.any():
-        return label
+    """Set instances with fewer than ``min_area`` pixels to background, ids and dtype kept (the one implementation
+    in :func:`monai_ext.postprocess.watershed.remove_small_instances`, without relabelling)."""
+    from monai_ext.postprocess.watershed import remove_small_instances as _remove
+
     lab = np.asarray(label)
-    flat = lab.ravel().astype(np.int64)
-    counts = np.bincount(flat)
-    small = counts < min_area
-    small[0] = False
-    return np.where(small[lab], 0, lab).astype(lab.dtype)
+    if min_area <= 0 or not lab.any():
+        return label
+    return _remove(lab, int(min_area), relabel=False).astype(lab.dtype)
 
 
 # --------------------------------------------------------------------------------------------------- tiling

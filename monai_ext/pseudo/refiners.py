@@ -114,6 +114,30 @@ def _fill_holes_batch(masks: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(masks, structure=st)
 
 
+def _snap_to_mask(mask: np.ndarray, y: np.ndarray, x: np.ndarray, radius: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move each point ``(y, x)`` to the nearest ``True`` pixel of ``mask`` within ``radius`` (itself if on the mask).
+
+    Looks only at the ``(2r + 1)^2`` offsets around each point, nearest first, for all points at once: a
+    distance transform of the whole mosaic costs more than the whole watershed. Returns ``(found, y, x)``; points
+    without a mask pixel within ``radius`` keep their position and have ``found = False``.
+    """
+    r = int(math.floor(max(radius, 0.0)))
+    dy, dx = np.mgrid[-r: r + 1, -r: r + 1].reshape(2, -1)
+    d = np.hypot(dy, dx)
+    near = np.nonzero(d <= radius)[0]
+    order = near[np.argsort(d[near], kind="stable")]
+    dy, dx = dy[order], dx[order]
+    yy, xx = y[:, None] + dy[None], x[:, None] + dx[None]
+    inside = (yy >= 0) & (yy < mask.shape[0]) & (xx >= 0) & (xx < mask.shape[1])
+    hit = np.zeros(yy.shape, bool)
+    hit[inside] = mask[yy[inside], xx[inside]]
+    found = hit.any(1)
+    first = hit.argmax(1)
+    rows = np.arange(len(y))
+    return found, np.where(found, yy[rows, first], y), np.where(found, xx[rows, first], x)
+
+
 class ClassicalRefiner:
     """Offline refiner: seeded, shape-agnostic segmentation of each instance from its point prompt.
 
@@ -208,9 +232,7 @@ class ClassicalRefiner:
         off = np.floor(pts).astype(np.int64) - origins  # = (s // 2, s // 2)
         sy = (k // cols) * (s + gap) + off[:, 0]
         sx = (k % cols) * (s + gap) + off[:, 1]
-        dist_bg, (iy, ix) = ndimage.distance_transform_edt(~m, return_indices=True)
-        snapped = dist_bg[sy, sx] <= self.snap
-        sy, sx = np.where(snapped, iy[sy, sx], sy), np.where(snapped, ix[sy, sx], sx)
+        snapped, sy, sx = _snap_to_mask(m, sy, sx, self.snap)
         same_window = ((sy // (s + gap)) * cols + sx // (s + gap)) == k
         valid = snapped & same_window & m[sy, sx]
         comps, _ = ndimage.label(m)
@@ -243,7 +265,10 @@ class ClassicalRefiner:
             border[s:, :] = border[:, s:] = True
             bg |= np.tile(border, (m.shape[0] // (s + gap), m.shape[1] // (s + gap)))
             markers[bg & (markers == 0)] = n + 1 + len(peaks) + 1
-            basins = watershed(self._gradient_mosaic(img, origins, s, gap, cols), markers)
+            # only the background marker's rim can flood anything: leaving its interior out of the mask gives the
+            # same basins (same flooding order) with a far smaller priority queue (about 2x faster)
+            inner = ndimage.binary_erosion(markers == n + 1 + len(peaks) + 1, border_value=1)
+            basins = watershed(self._gradient_mosaic(img, origins, s, gap, cols), markers, mask=~inner)
             own = _fill_holes_batch(unmosaic(basins, n, s, cols, gap) == (k + 1)[:, None, None])
         else:
             basins = watershed(-smooth, markers, mask=sel)
