@@ -65,6 +65,7 @@ def benchmark_bundle(name: str, work: Path, spec: dict[str, Any] | None = None,
     from monai_ext.data.sample import write_sample_dataset
 
     std = STANDARD[name]
+    work = Path(work).resolve()  # the bundle runs with its own folder as cwd: relative paths would break
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     if data.exists():
@@ -140,6 +141,9 @@ def run(names: list[str], out: Path, peers: bool = True, resume: bool = False) -
     if peers and "coin_histopathology" in results["bundles"]:
         imgs, labs = _peer_images("coin_histopathology", Path(results["bundles"]["coin_histopathology"]["data"]))
         results["peers"]["hovernet"] = {"against": "coin_histopathology", **peer_mod.time_hovernet(imgs, labs, device)}
+    for r in results["bundles"].values():  # the report names its data relative to where it was run
+        if Path(r["data"]).is_absolute() and Path(r["data"]).is_relative_to(Path.cwd()):
+            r["data"] = str(Path(r["data"]).relative_to(Path.cwd()))
     (out / "speed.json").write_text(json.dumps(results, indent=2, default=float))
     md = markdown(results)
     (out / "speed.md").write_text(md)
