@@ -87,3 +87,26 @@ def test_relabel_remove_small_fill_holes() -> None:
     ring[2:7, 2:7] = 3
     ring[4, 4] = 0
     assert fill_instance_holes(ring)[4, 4] == 3
+
+
+def test_otsu_edge_threshold_survives_an_overconfident_edge_head() -> None:
+    """Two touching nuclei whose edge head says 0.45 inside and 0.95 on the boundaries (a Dice-trained head
+    over-predicts thin edges): a fixed cut at 0.35 leaves no core and merges them; Otsu's cut splits them."""
+    from monai_ext.postprocess.watershed import resolve_edge_threshold
+
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 < 12 ** 2
+    b = (yy - 20) ** 2 + (xx - 41) ** 2 < 12 ** 2
+    gt = np.zeros((40, 60), np.int32)
+    gt[a], gt[b] = 1, 2
+    fg = (a | b).astype(np.float32)
+    from skimage.segmentation import find_boundaries
+
+    edge = np.where(find_boundaries(gt, mode="thick"), 0.95, 0.45).astype(np.float32)
+    fixed = marker_watershed(fg, edge, edge_threshold=0.35, min_marker_size=4, min_size=4)
+    otsu = marker_watershed(fg, edge, edge_threshold="otsu", min_marker_size=4, min_size=4)
+    assert fixed.max() == 1 and otsu.max() == 2
+    assert 0.45 <= resolve_edge_threshold("otsu", edge, fg > 0) < 0.95
+    assert resolve_edge_threshold("otsu", np.full((4, 4), 0.3), np.ones((4, 4), bool)) == 0.5  # constant map
+    with pytest.raises(ValueError, match="otsu"):
+        marker_watershed(fg, edge, edge_threshold="mean")

@@ -25,7 +25,7 @@ _LAZY: dict[str, tuple[str, ...]] = {  # submodule: its public names
         "merge_tiles", "TiledInstanceInferer", "InstancesFromPredd", "InstancesFromPredD", "InstancesFromPredDict",
     ),
     "watershed": (
-        "distance_watershed", "marker_watershed", "relabel_sequential", "fill_instance_holes", "instance_areas",
+        "distance_watershed", "marker_watershed", "resolve_edge_threshold", "relabel_sequential", "fill_instance_holes", "instance_areas",
         "footprint",
     ),
 }

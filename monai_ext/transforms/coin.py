@@ -43,7 +43,7 @@ __all__ = [
 #: class value of pixels excluded from the loss in pseudo seg / edge maps (CONVENTIONS.md).
 IGNORE_INDEX = 255
 #: marker-watershed settings used for COIN students (edge cores, split at necks by the core distance map).
-COIN_WATERSHED: dict[str, float] = {"fg_threshold": 0.5, "edge_threshold": 0.35, "marker_erosion": 1,
+COIN_WATERSHED: dict[str, Any] = {"fg_threshold": 0.5, "edge_threshold": "otsu", "marker_erosion": 1,
                                     "min_marker_size": 16, "min_size": 16, "core_min_distance": 8}
 _EPS = 1e-6
 
@@ -268,7 +268,7 @@ class COINInstancesd(MapTransform):
         keys: str = "pred",
         probabilities: bool = False,
         fg_threshold: float = 0.5,
-        edge_threshold: float = 0.35,
+        edge_threshold: float | str = "otsu",
         min_size: int = 16,
         marker_erosion: int = 1,
         min_marker_size: int = 16,
