@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from monai_ext.benchmarks.readme import README, update_readme_section
+from monai_ext.data.sample import canonical_bundle
 
 METHODS = ("coin", "points", "em", "spoco")
 #: each method's bundle documentation, whose "Measured" section gets the method's report
-BUNDLE_DOCS = {m: Path(__file__).resolve().parents[1] / "bundles" / b / "docs" / "README.md" for m, b in (
-    ("coin", "coin_histopathology"), ("points", "point_fluorescence"), ("em", "em_mito_wda"), ("spoco", "spoco_sparse"))}
+BUNDLE_DOCS = {m: Path(__file__).resolve().parents[1] / "bundles" / canonical_bundle(m) / "docs" / "README.md"
+               for m in METHODS}
 
 
 def run_one(method: str, out: Path, quick: bool, seed: int) -> dict:

@@ -47,6 +47,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _summarise(times: dict[str, list[float]]) -> dict[str, Any]:
+    """``{stage: [seconds, ...]}`` -> ``{"stages": {stage: {"median_s", "times_s"}}, "total_median_s"}``."""
+    stages = {k: {"median_s": float(np.median(v)), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
+    return {"stages": stages, "total_median_s": float(sum(v["median_s"] for v in stages.values()))}
+
+
 def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_images: int = 3,
                    overrides: dict[str, Any] | None = None, profile_top: int = 0,
                    random_init: bool = False, output_dir: Path | None = None) -> dict[str, Any]:
@@ -89,6 +95,7 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
         raise ValueError(f"{data_dir}: no test images for {name}")
 
     times: dict[str, list[float]] = {}
+    shapes: list[list[int]] = []
 
     def timed(stage: str, fn: Any, *args: Any) -> Any:
         _sync(device)
@@ -100,6 +107,7 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
 
     def one(record: dict[str, Any]) -> None:
         d = timed("load + preprocessing", pre, record)
+        shapes.append(list(np.asarray(d["image"]).shape))
         x = torch.as_tensor(d["image"])[None].to(device)
         with torch.no_grad():
             pred = timed("network (inferer)", inferer, x, network)
@@ -116,11 +124,9 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
         one(rec)
     if prof is not None:
         prof.disable()
-    stages = {k: {"median_s": float(np.median(v)), "times_s": [round(t, 4) for t in v]} for k, v in times.items()}
     result: dict[str, Any] = {
         "bundle": name, "images": len(records), "weights": used, "overrides": overrides or {},
-        "stages": stages, "total_median_s": float(sum(s["median_s"] for s in stages.values())),
-        "shape": list(np.asarray(pre(records[0])["image"]).shape),
+        **_summarise(times), "shape": shapes[0],
     }
     if output_dir is None:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -147,12 +153,10 @@ def coin_pseudo_label_stages(shape: tuple[int, int] = (1000, 1000), repeats: int
     prop = PixelPropagation(FilterBankExtractor()).fit((d["image"], seeder(d["image"])) for d in fit)
     image = make_dataset("he", 1, seed=seed + 555, shape=tuple(shape))[0]["image"]
     runs = [pseudo_label_step_times(image, prop)[0] for _ in range(int(repeats))]
-    stages = {k: {"median_s": float(np.median([r[k] for r in runs])), "times_s": [round(r[k], 4) for r in runs]}
-              for k in runs[0] if k != "feature_map_mb"}
+    times = {k: [r[k] for r in runs] for k in runs[0] if k != "feature_map_mb"}
     return {"bundle": "coin_histopathology (training: Step 0-2 pseudo-labels)", "images": int(repeats),
             "weights": "none (offline components)", "image_size": f"{shape[0]}x{shape[1]} RGB (synthetic H&E)",
-            "shape": [3, *shape], "stages": stages,
-            "total_median_s": float(sum(v["median_s"] for v in stages.values()))}
+            "shape": [3, *shape], **_summarise(times)}
 
 
 def run(names: list[str], out: Path, n_images: int = 3, threads: int = 1, profile_top: int = 0,

@@ -69,9 +69,9 @@ def nearest_centre(points: np.ndarray, centres: np.ndarray, chunk_elements: int 
     """
     p_all = np.asarray(points, dtype)
     c = np.asarray(centres, dtype)
-    out = np.empty(p_all.shape[0], np.int64)
     if c.shape[0] == 0:
         raise ValueError("nearest_centre needs at least one centre")
+    out = np.empty(p_all.shape[0], np.int64)
     c2 = (c * c).sum(1)
     rows = max(1, int(chunk_elements) // c.shape[0])
     for s in range(0, p_all.shape[0], rows):  # chunks of points, bounded memory

@@ -264,10 +264,11 @@ class ClassicalRefiner:
             border[:s, [0, s - 1]] = True
             border[s:, :] = border[:, s:] = True
             bg |= np.tile(border, (m.shape[0] // (s + gap), m.shape[1] // (s + gap)))
-            markers[bg & (markers == 0)] = n + 1 + len(peaks) + 1
+            bg_id = n + 1 + len(peaks) + 1
+            markers[bg & (markers == 0)] = bg_id
             # only the background marker's rim can flood anything: leaving its interior out of the mask gives the
             # same basins (same flooding order) with a far smaller priority queue (about 2x faster)
-            inner = ndimage.binary_erosion(markers == n + 1 + len(peaks) + 1, border_value=1)
+            inner = ndimage.binary_erosion(markers == bg_id, border_value=1)
             basins = watershed(self._gradient_mosaic(img, origins, s, gap, cols), markers, mask=~inner)
             own = _fill_holes_batch(unmosaic(basins, n, s, cols, gap) == (k + 1)[:, None, None])
         else:
