@@ -20,6 +20,9 @@ def test_profile_bundle_times_every_stage_of_the_inference_config(tmp_path: Path
     assert all(len(s["times_s"]) == 2 and s["median_s"] > 0 for s in stages.values())
     assert res["weights"] == "random initialisation" and res["shape"] == [3, 64, 64]
     assert "cluster_embeddings" in res["profile"]
+    # the timed predictions are scored against the test labels (what a faster setting costs in quality)
+    q = res["quality"]
+    assert set(q) == {"aji", "pq", "ap50", "fg_dice"} and all(0.0 <= v <= 1.0 for v in q.values())
     # the pipeline really ran: SaveInstancesd wrote one instance label file per image
     assert len(list((tmp_path / "out").rglob("*.tif*")) + list((tmp_path / "out").rglob("*.png"))) >= 2
 
@@ -33,6 +36,19 @@ def test_profile_bundle_times_every_stage_of_the_inference_config(tmp_path: Path
     compared = markdown({**results, "baseline": slower})
     assert "| stage | before (s) | after (s) | speed-up |" in compared and "| **total** |" in compared
     assert compared.count("3.00x") == len(stages) + 1
+    assert f"aji {q['aji']:.3f} (before {q['aji']:.3f})" in compared
+
+
+def test_set_overrides_parse_json_values_else_strings() -> None:
+    import pytest
+
+    from monai_ext.benchmarks.stages import _parse_override
+
+    assert _parse_override("tta=false") == ("tta", False)
+    assert _parse_override("watershed#edge_threshold=otsu") == ("watershed#edge_threshold", "otsu")
+    assert _parse_override("roi_size=[256, 256]") == ("roi_size", [256, 256])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _parse_override("tta")
 
 
 def test_summary_names_the_slowest_stage_and_the_speed_ups() -> None:

@@ -89,6 +89,13 @@ def test_predict_shapes_and_torchscript(tmp_path: Path) -> None:
     train_net.load_state_dict(inf.state_dict())
     with torch.no_grad():
         assert torch.equal(as_predictor(train_net.eval())(x), y)
+    # the cell chunk (automatic: cache-sized on a CPU) bounds memory and speed only, never the result
+    assert inf.instance_chunk == 0
+    for chunk in (1, 7, 512):
+        other = LacssInference(**SMALL, score_threshold=0.0, max_detections=50, instance_chunk=chunk).eval()
+        other.load_state_dict(inf.state_dict())
+        with torch.no_grad():
+            assert torch.equal(other(x), y)
 
 
 def test_untrained_network_detects_nothing() -> None:

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+#: instance metrics of the timed predictions against the test labels (mean over the timed images)
+QUALITY_METRICS = ("aji", "pq", "ap50", "fg_dice")
+
 __all__ = ["profile_bundle", "coin_pseudo_label_stages", "run", "markdown", "summary_markdown", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +76,8 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
     """
     from monai.bundle import ConfigParser
 
+    from monai_ext.metrics import instance_metrics
+
     root = REPO / "bundles" / name
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
@@ -96,6 +101,7 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
 
     times: dict[str, list[float]] = {}
     shapes: list[list[int]] = []
+    quality: list[dict[str, float]] = []
 
     def timed(stage: str, fn: Any, *args: Any) -> Any:
         _sync(device)
@@ -114,6 +120,10 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
         out = {**d, "pred": pred[0]}
         for t in post.transforms:
             out = timed(type(t).__name__, t, out)
+        if d.get("label") is not None:  # quality of the timed output, so a speed change shows what it costs
+            label = np.asarray(d["label"]).squeeze()
+            quality.append(instance_metrics(label, np.asarray(out["pred"]).squeeze().astype(np.int64),
+                                            QUALITY_METRICS))
 
     with torch.no_grad():  # warm-up: first-call allocations and lazy initialisation
         inferer(torch.as_tensor(pre(records[0])["image"])[None].to(device), network)
@@ -128,6 +138,8 @@ def profile_bundle(name: str, data_dir: Path, weights: Path | None = None, n_ima
         "bundle": name, "images": len(records), "weights": used, "overrides": overrides or {},
         **_summarise(times), "shape": shapes[0],
     }
+    if quality:
+        result["quality"] = {k: float(np.nanmean([q[k] for q in quality])) for k in QUALITY_METRICS}
     if output_dir is None:
         shutil.rmtree(out_dir, ignore_errors=True)
     if prof is not None:
@@ -160,11 +172,13 @@ def coin_pseudo_label_stages(shape: tuple[int, int] = (1000, 1000), repeats: int
 
 
 def run(names: list[str], out: Path, n_images: int = 3, threads: int = 1, profile_top: int = 0,
-        compare: Path | None = None, data_root: Path | None = None, coin_steps: bool = True) -> dict[str, Any]:
+        compare: Path | None = None, data_root: Path | None = None, coin_steps: bool = True,
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Profile ``names`` at their standard sizes; write ``stages.json`` / ``stages.md`` under ``out``.
 
     With COIN in ``names`` and ``coin_steps``, its training-time Step 0-2 stages are timed too
-    (:func:`coin_pseudo_label_stages`)."""
+    (:func:`coin_pseudo_label_stages`). ``overrides``: ``inference.json`` entries set in every bundle (e.g.
+    ``{"tta": False}``), to time and score an alternative setting against the default one."""
     from monai_ext.benchmarks.speed import STANDARD
     from monai_ext.data.sample import write_sample_dataset
 
@@ -181,7 +195,7 @@ def run(names: list[str], out: Path, n_images: int = 3, threads: int = 1, profil
         if not (marker.is_file() and json.loads(marker.read_text()) == spec):
             write_sample_dataset(name, data, spec=spec)
             marker.write_text(json.dumps(spec))
-        res = profile_bundle(name, data, n_images=n_images, profile_top=profile_top)
+        res = profile_bundle(name, data, n_images=n_images, profile_top=profile_top, overrides=overrides)
         res["image_size"] = STANDARD[name]["size"]
         results["bundles"][name] = res
         if name == "coin_histopathology" and coin_steps:
@@ -223,6 +237,13 @@ def markdown(results: dict[str, Any]) -> str:
         else:
             lines.append(f"| **total** | {total:.3f} | 100% |")
         lines.append("")
+        if r.get("overrides"):
+            lines += [f"Overrides: `{json.dumps(r['overrides'])}`", ""]
+        if r.get("quality"):
+            old_q = base.get(name, {}).get("quality", {})
+            lines.append("Quality of these predictions against the test labels (mean over the timed images): " + ", ".join(
+                f"{k} {v:.3f}" + (f" (before {old_q[k]:.3f})" if k in old_q else "") for k, v in r["quality"].items()))
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -250,6 +271,17 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_override(text: str) -> tuple[str, Any]:
+    """``"tta=false"`` -> ``("tta", False)``; a value that is not JSON stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set needs KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     from monai_ext.benchmarks.speed import ALIASES, STANDARD
 
@@ -263,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not update the README's Results")
     ap.add_argument("--no-coin-steps", dest="coin_steps", action="store_false",
                     help="skip COIN's training-time Step 0-2 stages")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an inference.json entry (VALUE parsed as JSON, else a string); repeatable")
     args = ap.parse_args(argv)
+    overrides = dict(_parse_override(o) for o in args.overrides)
     names = list(STANDARD) if args.bundles in (["all"], []) else [ALIASES.get(b, b) for b in args.bundles]
     res = run(names, Path(args.out), n_images=args.images, threads=args.threads, profile_top=args.profile,
-              compare=Path(args.compare) if args.compare else None, coin_steps=args.coin_steps)
+              compare=Path(args.compare) if args.compare else None, coin_steps=args.coin_steps,
+              overrides=overrides or None)
     print(markdown(res))
-    if args.readme and Path(args.out).resolve() == (REPO / "reports").resolve():
+    if args.readme and not overrides and Path(args.out).resolve() == (REPO / "reports").resolve():
         from monai_ext.benchmarks.readme import README, update_readme_section
 
         if update_readme_section("stages", summary_markdown(res)):

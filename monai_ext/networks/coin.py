@@ -32,13 +32,17 @@ def split_outputs(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Decoder(nn.Module):
+    """BasicUNet decoder; ``is_pad=False``: inputs are padded to a multiple of 16, so skip shapes always match and
+    UpCat's no-op replicate pad (a full copy of every upsampled map) is skipped."""
+
     def __init__(self, fea: Sequence[int], out_channels: int, act: str | tuple, norm: str | tuple, dropout: float,
                  upsample: str) -> None:
         super().__init__()
-        self.upcat_4 = UpCat(2, fea[4], fea[3], fea[3], act, norm, True, dropout, upsample)
-        self.upcat_3 = UpCat(2, fea[3], fea[2], fea[2], act, norm, True, dropout, upsample)
-        self.upcat_2 = UpCat(2, fea[2], fea[1], fea[1], act, norm, True, dropout, upsample)
-        self.upcat_1 = UpCat(2, fea[1], fea[0], fea[5], act, norm, True, dropout, upsample, halves=False)
+        self.upcat_4 = UpCat(2, fea[4], fea[3], fea[3], act, norm, True, dropout, upsample, is_pad=False)
+        self.upcat_3 = UpCat(2, fea[3], fea[2], fea[2], act, norm, True, dropout, upsample, is_pad=False)
+        self.upcat_2 = UpCat(2, fea[2], fea[1], fea[1], act, norm, True, dropout, upsample, is_pad=False)
+        self.upcat_1 = UpCat(2, fea[1], fea[0], fea[5], act, norm, True, dropout, upsample, halves=False,
+                             is_pad=False)
         self.final_conv = nn.Conv2d(fea[5], out_channels, kernel_size=1)
 
     def forward(

