@@ -148,3 +148,27 @@ def test_bg_quantile_calibrates_an_under_confident_background() -> None:
     assert background_mask(np.array([0.05, 0.3, 0.6], np.float32), 0.9, 1.0).tolist() == [True, False, False]
     with pytest.raises(ValueError):
         background_mask(prob, 0.9, 1.5)
+
+
+def test_peak_reference_points_calibrates_a_weak_target_heatmap() -> None:
+    """A teacher whose target heatmap ranks the instances right but peaks far below ``peak`` (domain shift): the
+    absolute threshold adds nothing, the point-calibrated one adds the best-ranked components."""
+    prob, heat, gt = _teacher()
+    weak = 0.02 * heat  # peaks 0.018 .. 0.004, all under peak_threshold = 0.05
+    pts = np.array([[44, 44]], np.float32)  # point-hit disc 4: best peak 0.008
+    absolute = select_instances(prob, weak, pts, ratio=0.4, tau=0.9, sigma=2.0, count=5, peak_threshold=0.05)
+    assert absolute.stats["peaks_added"] == 0
+    calibrated = select_instances(prob, weak, pts, ratio=0.4, tau=0.9, sigma=2.0, count=5, peak_threshold=0.05,
+                                  peak_reference="points")
+    assert calibrated.stats["peaks_added"] == 2
+    assert set(np.unique(gt[calibrated.seg == 1])) == {1, 2, 4}
+    # a component far below the point-verified peaks stays out (0.004 < 0.6 x 0.008)
+    strict = select_instances(prob, weak, pts, ratio=1.0, tau=0.9, sigma=2.0, count=5, peak_threshold=0.6,
+                              peak_reference="points")
+    assert 5 not in set(np.unique(gt[strict.seg == 1]))
+    # no point-hit component: falls back to the absolute reference
+    none_hit = select_instances(prob, weak, np.array([[2, 2]], np.float32), ratio=0.4, tau=0.9, sigma=2.0, count=5,
+                                peak_threshold=0.05, peak_reference="points")
+    assert none_hit.stats["peaks_added"] == 0
+    with pytest.raises(ValueError, match="peak_reference"):
+        select_instances(prob, weak, pts, ratio=0.4, count=5, peak_reference="bogus")
