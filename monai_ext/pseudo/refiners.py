@@ -157,6 +157,11 @@ class ClassicalRefiner:
             follow the image, not the threshold); ``"mask"``: the prompt's basin of the distance watershed of the
             candidate mask.
         seed_radius: radius of the prompt's stain sample (``mode="color"``).
+        prompt_radius: the prompt marks a disk of this radius (within its candidate component) instead of one pixel,
+            and no background or competing marker is placed within ``prompt_radius + 2`` pixels of it, as a click
+            on an interactive tool claims its neighbourhood. With a one-pixel marker (``0``), a prompt on a textured
+            nucleus (light vesicular interior, chromatin, nucleolus) sits on a gradient ridge and is walled in by
+            the surrounding markers: its basin is a few pixels and a correct instance scores ~0.
         min_window, max_window: bounds of the automatic window side.
     """
 
@@ -172,6 +177,7 @@ class ClassicalRefiner:
         mode: str = "hematoxylin",
         boundary: str = "gradient",
         seed_radius: int = 2,
+        prompt_radius: int = 2,
         min_window: int = 32,
         max_window: int = 128,
     ) -> None:
@@ -180,6 +186,7 @@ class ClassicalRefiner:
         if boundary not in ("mask", "gradient"):
             raise ValueError(f"boundary must be 'mask' or 'gradient', got {boundary!r}")
         self.mode, self.boundary, self.seed_radius = mode, boundary, int(seed_radius)
+        self.prompt_radius = int(prompt_radius)
         if point not in ("centroid", "inside"):
             raise ValueError(f"point must be 'centroid' or 'inside', got {point!r}")
         self.window, self.sigma, self.floor_scale = window, float(sigma), float(floor_scale)
@@ -255,6 +262,18 @@ class ClassicalRefiner:
             far = d_seed > excl
             markers[peaks[far, 0], peaks[far, 1]] = n + 1 + np.arange(int(far.sum()), dtype=np.int32)
         markers[sy[valid], sx[valid]] = k[valid] + 1
+        protect = None
+        if self.prompt_radius > 0 and valid.any():
+            # disks around the prompts (windows are >= 32 px apart, so disks never reach a neighbour's window)
+            pt_img = np.zeros(m.shape, np.int32)
+            pt_img[sy[valid], sx[valid]] = k[valid] + 1
+            protect = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius + 2, 2))
+            disk_id = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius, 2))
+            own_comp = np.zeros(n + 1, np.int64)
+            own_comp[k[valid] + 1] = comps[sy[valid], sx[valid]]
+            markers[(protect > 0) & (markers > n)] = 0  # no competing marker next to the click
+            claim = (disk_id > 0) & (comps == own_comp[disk_id])
+            markers[claim] = disk_id[claim]
         if self.boundary == "gradient":
             # contours from the stain gradient: background marker where the colour is clearly unlike the
             # prompt (outside the dilated candidate mask) and on every window border
@@ -265,6 +284,8 @@ class ClassicalRefiner:
             border[s:, :] = border[:, s:] = True
             bg |= np.tile(border, (m.shape[0] // (s + gap), m.shape[1] // (s + gap)))
             bg_id = n + 1 + len(peaks) + 1
+            if protect is not None:
+                bg &= protect == 0
             markers[bg & (markers == 0)] = bg_id
             # only the background marker's rim can flood anything: leaving its interior out of the mask gives the
             # same basins (same flooding order) with a far smaller priority queue (about 2x faster)
