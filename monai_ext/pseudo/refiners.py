@@ -9,9 +9,10 @@ mask, so agreement between the two is evidence that the instance is right (suppl
   instance centroid (COIN), optional box; the best of the multimask outputs by predicted IoU. Prompts are
   batched; large images are processed in tiles. ``register_sam_builder`` extends the model types.
 - :class:`ClassicalRefiner` (offline default, no weights): seeded segmentation in a window around the prompt,
-  like an interactive tool given one positive click: per-window Otsu threshold of the haematoxylin channel ->
-  component of the prompt -> competing markers at the other nuclei's distance peaks, background markers where
-  the window is clearly not nuclear -> marker watershed on the stain gradient -> the prompt's basin. All
+  like an interactive tool given one positive click: per-window Otsu cut of the (H, E) stain distance to the
+  prompt's own stain (or of the haematoxylin channel) -> closing / hole filling -> component of the prompt ->
+  a small disk claimed by the prompt, competing markers at the other nuclei's distance peaks, background markers
+  where the window is clearly not nuclear -> marker watershed on the stain gradient -> the prompt's basin. All
   windows of an image are tiled into one mosaic (1-pixel gutters), so every operation is one SciPy /
   scikit-image call for all instances.
 
