@@ -107,6 +107,21 @@ def test_builder_rounds_grow_and_never_read_labels(tmp_path, samples: list[dict]
     assert all("image" in k for k in seen_keys)
 
 
+def test_builder_keep_ignore_never_turns_earlier_ignore_into_background(tmp_path, samples: list[dict]) -> None:
+    store = PseudoLabelStore(tmp_path / "store")
+    builder = COINPseudoLabelBuilder(
+        _records(samples), _loader(samples), store, StainWatershedSeeds(), ClassicalRefiner(),
+        propagation=PixelPropagation(FilterBankExtractor(device="cpu")), teacher=EMATeacher(_net()),
+        inferer=COINInferer(roi_size=64, flip=False), device="cpu", keep_ignore=True)
+    store.finish(0, builder(0))
+    builder(1)  # an untrained teacher: its foreground is arbitrary, the earlier ignore region must survive
+    for s in samples:
+        before = store.load(s["meta"]["id"], 0)["instances"]
+        after = store.load(s["meta"]["id"], 1)["instances"]
+        assert (before < 0).any()
+        assert not ((before < 0) & (after == 0)).any()
+
+
 def test_builder_with_imported_seeds_and_no_propagation(tmp_path, samples: list[dict]) -> None:
     folder = tmp_path / "ssa_masks"
     folder.mkdir()

@@ -152,3 +152,20 @@ def test_snap_to_mask_moves_points_to_the_nearest_mask_pixel_within_the_radius()
 
     dist = ndimage.distance_transform_edt(~m)
     assert np.allclose(np.hypot(sy - y, sx - x)[found], dist[y, x][found])
+
+
+def test_prompt_disk_stops_correct_nuclei_from_scoring_zero() -> None:
+    """Scored against ground-truth instances of default-difficulty tiles (textured, pale, clumped nuclei), a
+    one-pixel prompt is often walled in by the surrounding markers (a few-pixel basin, score ~0); the prompt disk
+    (``prompt_radius``) recovers many of them and raises the mean agreement."""
+    tiles = [synth_he_tile(s, shape=(256, 256)) for s in (10_000, 10_001)]
+
+    def stats(radius: int) -> tuple[int, float]:
+        scores = np.concatenate([consistency_scores(t["label"][0], ClassicalRefiner(prompt_radius=radius)(
+            t["image"], t["label"][0])) for t in tiles])
+        return int((scores < 0.1).sum()), float(scores.mean())
+
+    (low0, mean0), (low2, mean2) = stats(0), stats(2)
+    assert ClassicalRefiner().prompt_radius == 2
+    assert low2 < 0.7 * low0, (low0, low2)
+    assert mean2 > mean0 + 0.05, (mean0, mean2)

@@ -272,6 +272,11 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
 
     # ---- Step 3: self-distillation rounds through the real engine, and the supervised upper bound
     work = out_dir / "runs"
+    # a pseudo-label round already on disk is reused by PseudoLabelRounds (resume): a benchmark must rebuild every
+    # round with the current code, never pick up the rounds of an earlier run in the same output folder
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     t0 = time.time()
     coin_net, history = _train_student(train, cfg, seed, work / "coin",
                                        {"seeds": seeder, "refiner": refiner, "propagation": prop}, device)

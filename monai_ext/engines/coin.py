@@ -196,6 +196,9 @@ class COINPseudoLabelBuilder:
         cap: upper bound of the adaptive threshold (0.9).
         merge_previous: grow the accepted set across rounds (see module docstring).
         max_overlap: overlap fraction above which an earlier accepted instance yields to a new one.
+        keep_ignore: in rounds >= 1, a pixel that was ignore in the previous round stays ignore unless an instance
+            is accepted on it now (Step 1's propagated foreground is computed once per image and is never turned
+            into background by a later teacher that misses it).
         watershed: ``marker_watershed`` options for the teacher's instances (default ``COIN_WATERSHED``).
         min_area: refined masks smaller than this are never accepted.
         edge_mode: ``find_boundaries`` mode of the pseudo edge maps.
@@ -222,6 +225,7 @@ class COINPseudoLabelBuilder:
         cap: float = 0.9,
         merge_previous: bool = True,
         max_overlap: float = 0.2,
+        keep_ignore: bool = False,
         watershed: Mapping[str, Any] | None = None,
         min_area: int = 16,
         edge_mode: str = "inner",
@@ -240,6 +244,7 @@ class COINPseudoLabelBuilder:
         self.inferer = inferer or COINInferer()
         self.threshold, self.cap = threshold, float(cap)
         self.merge_previous, self.max_overlap = bool(merge_previous), float(max_overlap)
+        self.keep_ignore = bool(keep_ignore)
         self.watershed = dict(COIN_WATERSHED if watershed is None else watershed)
         self.min_area, self.edge_mode, self.edge_width = int(min_area), edge_mode, int(edge_width)
         self.device = get_device(device)
@@ -313,13 +318,16 @@ class COINPseudoLabelBuilder:
                 previous = None
             else:
                 pred = self.predict_instances(image)
-                previous = self.store.load(sid, rnd - 1)["instances"] if self.merge_previous else None
+                previous = self.store.load(sid, rnd - 1)["instances"] if self.merge_previous or self.keep_ignore \
+                    else None
             refined, scores, thr = self.score(image, pred)
             pl = build_pseudo_labels(pred, refined, scores, thr, self.edge_mode, self.min_area, self.edge_width)
             inst = pl["instances"]
             new = int(inst.max(initial=0))
-            if previous is not None:
+            if previous is not None and self.merge_previous:
                 inst = merge_with_previous(inst, previous, self.max_overlap)
+            if previous is not None and self.keep_ignore:
+                inst[(previous < 0) & (inst == 0)] = -1
             seg, edge = instances_to_targets(inst, self.edge_mode, self.edge_width)
             self.store.write(rnd, sid, instances=inst, seg=seg, edge=edge, pred=pred.astype(np.int32),
                              scores=scores.astype(np.float32), **arrays)

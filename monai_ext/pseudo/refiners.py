@@ -9,9 +9,10 @@ mask, so agreement between the two is evidence that the instance is right (suppl
   instance centroid (COIN), optional box; the best of the multimask outputs by predicted IoU. Prompts are
   batched; large images are processed in tiles. ``register_sam_builder`` extends the model types.
 - :class:`ClassicalRefiner` (offline default, no weights): seeded segmentation in a window around the prompt,
-  like an interactive tool given one positive click: per-window Otsu threshold of the haematoxylin channel ->
-  component of the prompt -> competing markers at the other nuclei's distance peaks, background markers where
-  the window is clearly not nuclear -> marker watershed on the stain gradient -> the prompt's basin. All
+  like an interactive tool given one positive click: per-window Otsu cut of the (H, E) stain distance to the
+  prompt's own stain (or of the haematoxylin channel) -> closing / hole filling -> component of the prompt ->
+  a small disk claimed by the prompt, competing markers at the other nuclei's distance peaks, background markers
+  where the window is clearly not nuclear -> marker watershed on the stain gradient -> the prompt's basin. All
   windows of an image are tiled into one mosaic (1-pixel gutters), so every operation is one SciPy /
   scikit-image call for all instances.
 
@@ -144,19 +145,29 @@ class ClassicalRefiner:
     Args:
         window: window side (``None``: :func:`auto_window`).
         sigma: smoothing of the haematoxylin channel.
-        floor_scale: the per-window Otsu threshold is at least ``floor_scale x`` the image's Otsu threshold
-            (a window of pure stroma has no nucleus to find).
+        floor_scale: candidate pixels have at least ``floor_scale x`` the image's Otsu haematoxylin threshold
+            (a window of pure stroma has no nucleus to find); 0.3 keeps pale nuclei (0.6 removed them).
         opening: radius of the binary opening before component selection.
         min_distance: peak footprint radius of the competing nuclei markers.
         snap: a prompt on background moves to the nearest foreground pixel within this distance.
         point: ``"centroid"`` (COIN) or ``"inside"`` (most interior pixel of the prediction).
-        mode: candidate pixels of a window: ``"hematoxylin"`` (per-window Otsu of the haematoxylin OD) or
-            ``"color"`` (per-window Otsu of the (H, E) distance to the prompt's own stain).
+        mode: candidate pixels of a window: ``"color"`` (default: per-window Otsu of the (H, E) distance to the
+            prompt's own stain, so a pale nucleus is found as well as a dark one) or ``"hematoxylin"`` (per-window
+            Otsu of the haematoxylin OD; the darker neighbours of a pale nucleus set the cut above it, so its
+            refined mask is empty). On 3 training tiles, refining the ground-truth instances: mean IoU 0.53 ->
+            0.67, pale nuclei 0.03 -> 0.46 (with ``floor_scale=0.3``, ``closing=2``).
         boundary: ``"gradient"`` (default): the prompt's basin of a marker watershed on the stain gradient, with
             background markers where the window is clearly unlike a nucleus and on the window border (contours
             follow the image, not the threshold); ``"mask"``: the prompt's basin of the distance watershed of the
             candidate mask.
         seed_radius: radius of the prompt's stain sample (``mode="color"``).
+        closing: radius of a per-window binary closing + hole filling of the candidate mask (joins the broken
+            dark rim of a vesicular nucleus around its light interior); 0 = none.
+        prompt_radius: the prompt marks a disk of this radius (within its candidate component) instead of one pixel,
+            and no background or competing marker is placed within ``prompt_radius + 2`` pixels of it, as a click
+            on an interactive tool claims its neighbourhood. With a one-pixel marker (``0``), a prompt on a textured
+            nucleus (light vesicular interior, chromatin, nucleolus) sits on a gradient ridge and is walled in by
+            the surrounding markers: its basin is a few pixels and a correct instance scores ~0.
         min_window, max_window: bounds of the automatic window side.
     """
 
@@ -164,14 +175,16 @@ class ClassicalRefiner:
         self,
         window: int | None = None,
         sigma: float = 1.0,
-        floor_scale: float = 0.6,
+        floor_scale: float = 0.3,
         opening: int = 1,
         min_distance: int = 4,
         snap: float = 3.0,
         point: str = "centroid",
-        mode: str = "hematoxylin",
+        mode: str = "color",
         boundary: str = "gradient",
         seed_radius: int = 2,
+        prompt_radius: int = 2,
+        closing: int = 2,
         min_window: int = 32,
         max_window: int = 128,
     ) -> None:
@@ -180,6 +193,7 @@ class ClassicalRefiner:
         if boundary not in ("mask", "gradient"):
             raise ValueError(f"boundary must be 'mask' or 'gradient', got {boundary!r}")
         self.mode, self.boundary, self.seed_radius = mode, boundary, int(seed_radius)
+        self.prompt_radius, self.closing = int(prompt_radius), int(closing)
         if point not in ("centroid", "inside"):
             raise ValueError(f"point must be 'centroid' or 'inside', got {point!r}")
         self.window, self.sigma, self.floor_scale = window, float(sigma), float(floor_scale)
@@ -222,6 +236,12 @@ class ClassicalRefiner:
         if n == 0:
             return RefinedMasks(ids, origins, np.zeros((0, s, s), bool), points=pts)
         fg = self._foreground(img, origins, s)
+        if self.closing > 0:
+            # per-window closing + hole filling (no structure across windows): joins the broken dark rim of a
+            # pale / vesicular nucleus so that its light interior becomes candidate pixels before the opening
+            st = np.zeros((3,) + footprint(self.closing, 2).shape, bool)
+            st[1] = footprint(self.closing, 2)
+            fg = _fill_holes_batch(ndimage.binary_closing(fg, structure=st))
         gap = 1
         m, cols = mosaic(fg, gap, False)
         if self.opening > 0:
@@ -255,6 +275,18 @@ class ClassicalRefiner:
             far = d_seed > excl
             markers[peaks[far, 0], peaks[far, 1]] = n + 1 + np.arange(int(far.sum()), dtype=np.int32)
         markers[sy[valid], sx[valid]] = k[valid] + 1
+        protect = None
+        if self.prompt_radius > 0 and valid.any():
+            # disks around the prompts (windows are >= 32 px apart, so disks never reach a neighbour's window)
+            pt_img = np.zeros(m.shape, np.int32)
+            pt_img[sy[valid], sx[valid]] = k[valid] + 1
+            protect = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius + 2, 2))
+            disk_id = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius, 2))
+            own_comp = np.zeros(n + 1, np.int64)
+            own_comp[k[valid] + 1] = comps[sy[valid], sx[valid]]
+            markers[(protect > 0) & (markers > n)] = 0  # no competing marker next to the click
+            claim = (disk_id > 0) & (comps == own_comp[disk_id])
+            markers[claim] = disk_id[claim]
         if self.boundary == "gradient":
             # contours from the stain gradient: background marker where the colour is clearly unlike the
             # prompt (outside the dilated candidate mask) and on every window border
@@ -265,6 +297,8 @@ class ClassicalRefiner:
             border[s:, :] = border[:, s:] = True
             bg |= np.tile(border, (m.shape[0] // (s + gap), m.shape[1] // (s + gap)))
             bg_id = n + 1 + len(peaks) + 1
+            if protect is not None:
+                bg &= protect == 0
             markers[bg & (markers == 0)] = bg_id
             # only the background marker's rim can flood anything: leaving its interior out of the mask gives the
             # same basins (same flooding order) with a far smaller priority queue (about 2x faster)
