@@ -23,6 +23,8 @@ def test_matched_area_ratio() -> None:
     assert np.allclose(ratio, [0.64, 1.2])
     assert matched_area_ratio(gt, pred, min_iou=0.7).tolist() == [1.2]
     assert matched_area_ratio(gt, np.zeros_like(gt)).size == 0
+    with pytest.raises(ValueError, match="unique"):
+        matched_area_ratio(gt, pred, min_iou=0.3)
 
 
 @pytest.mark.slow

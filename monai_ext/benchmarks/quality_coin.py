@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,6 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     work = out_dir / "runs"
     # a pseudo-label round already on disk is reused by PseudoLabelRounds (resume): a benchmark must rebuild every
     # round with the current code, never pick up the rounds of an earlier run in the same output folder
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.time()
     coin_net, history = _train_student(train, cfg, seed, work / "coin",
