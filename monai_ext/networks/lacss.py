@@ -302,7 +302,8 @@ class LacssNet(nn.Module):
         self.max_detections = int(max_detections)
         self.min_area = int(min_area)
         self.instance_chunk = int(instance_chunk)
-        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS
+        # automatic CPU chunk (``instance_chunk`` 0), fixed by the head's window and channels
+        self.cpu_instance_chunk = max(1, CPU_CHUNK_ELEMENTS // (self.segmentor.patch ** 2 * int(seg_channels)))
         self.proposal_swap_distance = float(proposal_swap_distance)
         self.size_divisor = int(max(self.feature_strides))
 
@@ -456,8 +457,7 @@ class LacssNet(nn.Module):
         n = locs.shape[0]
         chunk = self.instance_chunk
         if chunk <= 0:
-            patch = self.segmentor.patch
-            chunk = 512 if x.is_cuda else max(1, self.cpu_chunk_elements // (patch * patch * feat.shape[1]))
+            chunk = 512 if x.is_cuda else self.cpu_instance_chunk
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             lg, org = self.segmentor(feat, fpn[0], locs[start:stop], batch[start:stop])
