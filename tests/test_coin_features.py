@@ -37,6 +37,19 @@ def test_filter_bank_tiles_equal_whole_image(tile: dict) -> None:
     assert torch.allclose(whole, tiled, atol=1e-4)
 
 
+def test_filter_bank_haematoxylin_share(tile: dict) -> None:
+    base = FilterBankExtractor(device="cpu")
+    ext = FilterBankExtractor(device="cpu", fraction_sigmas=(2.0,), tile=40)
+    assert ext.dim == base.dim + 1
+    fm = ext(tile["image"]).features
+    assert torch.allclose(fm[: base.dim], base(tile["image"]).features, atol=1e-4)  # existing channels unchanged
+    share = fm[-1]  # standardised H / (H + E): higher on nuclei than elsewhere
+    nuc = torch.as_tensor(tile["label"][0] > 0)
+    assert share[nuc].mean() > share[~nuc].mean() + 0.5
+    whole = FilterBankExtractor(device="cpu", fraction_sigmas=(2.0,))(tile["image"]).features
+    assert torch.allclose(whole, fm, atol=1e-4)  # tiles (with the share's halo) equal the whole image
+
+
 def test_iter_feature_tiles_matches_global_upsampling() -> None:
     torch.manual_seed(0)
     f = torch.randn(5, 12, 10)

@@ -33,6 +33,15 @@ def test_make_data_writes_two_domains_with_sparse_points(tmp_path) -> None:
     assert again == counts
 
 
+def test_paired_difference_bootstrap_interval() -> None:
+    a = {0: 0.5, 1: 0.6, 2: 0.7, 5: 0.9}
+    b = {0: 0.4, 1: 0.6, 2: 0.5, 3: 0.1}  # slice 5 / 3 only on one side: left out
+    mean, lo, hi, n = quality_em.paired_difference(a, b)
+    assert n == 3 and mean == pytest.approx(0.1)
+    assert 0.0 <= lo <= mean <= hi <= 0.2 + 1e-12  # resampled means stay within the per-slice differences
+    assert quality_em.paired_difference(a, {})[3] == 0
+
+
 @pytest.mark.slow
 def test_quick_benchmark_wda_beats_source_only(tmp_path) -> None:
     result = quality_em.run(tmp_path, quick=True, seed=0)
@@ -56,4 +65,9 @@ def test_quick_benchmark_wda_beats_source_only(tmp_path) -> None:
     assert stages == ["warmup", "warmup", "stage1", "stage1", "stage2"], stages
     assert rounds[-1]["teacher"] and rounds[-1]["kept_by_points"] > 0 and rounds[-1]["fg_fraction"] > 0
     assert rounds[-1]["ignored_fraction"] < 0.6  # a calibrated background, not foreground-only stage-2 labels
+    # the per-slice AJI behind the paired WDA - source-only interval averages to evaluate.json's AJI
+    gap = result["wda_gaps"]["source-only"]
+    assert gap["slices"] == 4 and gap["ci95"][0] <= gap["mean"] <= gap["ci95"][1]
+    assert gap["mean"] == pytest.approx(wda - src, abs=1e-6)
+    assert "WDA - source-only AJI per test slice" in md and "Headroom on this data" not in md  # no supervised row
     json.dumps(result, default=float)

@@ -69,6 +69,11 @@ def test_inferer_2d_3d_and_tta() -> None:
         # TTA of a flip-equivariant "network" equals no TTA
         ident = lambda t: torch.cat([t, -t, t.abs()], 1)  # noqa: E731
         torch.testing.assert_close(tta_maps(ident, x, [(-1,), (-2,), (-2, -1)]), tta_maps(ident, x))
+        # a window larger than the slice runs the whole slice, unpadded (InstanceNorm sees no padding)
+        whole = torch.softmax(net(x)[:, :2], 1)
+        torch.testing.assert_close(EMInferer(64)(x, net)[:, :2], whole, atol=1e-5, rtol=1e-4)
+        # and larger along one axis only: full height, windows along the width
+        assert EMInferer((64, 16), overlap=0.25)(x, net).shape == (1, 3, 24, 30)
     with pytest.raises(DataError):
         EMInferer(16)(torch.rand(1, 8, 8), net)
 

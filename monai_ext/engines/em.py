@@ -255,7 +255,9 @@ class EMInferer(Inferer):
     Returns ``(B, 3, [D,] H, W)``: background probability, foreground probability, centre heatmap.
 
     Args:
-        roi_size: window size (windows larger than the slice are padded).
+        roi_size: window size; a slice smaller than it along an axis is run whole along that axis, unpadded
+            (InstanceNorm statistics would otherwise count the padding: on 256² test slices 264-px windows with
+            padding cost source-only AJI 0.036).
         sw_batch_size: windows per forward pass.
         overlap: window overlap.
         flip_tta: average over the flips of y, x and both (the paper's teacher uses 4-flip TTA).
@@ -268,14 +270,17 @@ class EMInferer(Inferer):
                  flip_tta: bool = False, mode: str = "gaussian", slice_batch: int = 8,
                  device: str | torch.device | None = None) -> None:
         super().__init__()
-        roi = (int(roi_size), int(roi_size)) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        self.sw = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-                                       device=device)
+        self.roi = (int(roi_size), int(roi_size)) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
+        self.sw_kwargs = {"sw_batch_size": sw_batch_size, "overlap": overlap, "mode": mode, "device": device}
+        self._sw: dict[tuple[int, ...], SlidingWindowInferer] = {}
         self.flips: list[tuple[int, ...]] = [(-1,), (-2,), (-2, -1)] if flip_tta else []
         self.slice_batch = max(int(slice_batch), 1)
 
     def _slices(self, x: torch.Tensor, network: Callable[..., Any]) -> torch.Tensor:
-        return self.sw(x, lambda t: tta_maps(network, t, self.flips))
+        roi = tuple(min(r, int(n)) for r, n in zip(self.roi, x.shape[-2:]))
+        if roi not in self._sw:
+            self._sw[roi] = SlidingWindowInferer(roi_size=roi, **self.sw_kwargs)
+        return self._sw[roi](x, lambda t: tta_maps(network, t, self.flips))
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         if inputs.ndim == 4:

@@ -12,6 +12,7 @@ __all__: list[str] = []
 # -- lazy re-exports: every public name of the submodules, imported on first use (keeps `import monai_ext`
 # light and free of import cycles between subpackages).
 _LAZY: dict[str, tuple[str, ...]] = {  # submodule: its public names
+    "blocks": ("PixelShuffleDeconv2d", "fast_deconvs", "is_shuffle_equivalent"),
     "coin": ("COINUNet", "COINDeepLabV3Plus", "split_outputs"),
     "collaborator": ("ForegroundUNet", "BorderCNN", "Collaborator"),
     "embedding": ("EmbeddingUNet", "EMATeacher", "DEFAULT_FEATURES", "PAPER_FEATURES"),

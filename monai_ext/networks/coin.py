@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 
+from monai_ext.networks.blocks import fast_deconvs
+
 __all__ = ["COINUNet", "COINDeepLabV3Plus", "split_outputs"]
 
 
@@ -88,6 +90,7 @@ class COINUNet(nn.Module):
         self.seg_decoder = _Decoder(fea, seg_classes, act, norm, dropout, upsample)
         self.edge_decoder = _Decoder(fea, edge_classes, act, norm, dropout, upsample)
         self.multiple = 16
+        fast_deconvs(self)  # the decoders' 2x2 up-convolutions as 1x1 conv + pixel shuffle (same weights, faster)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]

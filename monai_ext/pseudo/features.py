@@ -108,18 +108,27 @@ def _sep(x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
     return y[0]
 
 
+#: optical density added to the stain sum of the haematoxylin share (keeps unstained background near 0, not noise)
+FRACTION_EPS = 0.05
+
+
 class FilterBankExtractor(FeatureExtractor):
     """Offline multi-scale stain / texture features (no pretrained weights).
 
     Channels, for each ``sigma`` in ``sigmas`` on the haematoxylin OD ``h``: ``G*h``, ``-sigma^2 LoG*h`` (bright
     blobs positive), ``sigma |grad G*h|``, the two Hessian eigenvalues ``sigma^2 l1, l2`` (both negative in
     blobs, one in ridges), local contrast ``sqrt(G*h^2 - (G*h)^2)`` and structure-tensor coherence (high on
-    fibres); plus ``G*e`` of the eosin OD at ``eosin_sigmas``. Each channel is standardised over the image
-    (per-image stain normalisation) and weighted so the haematoxylin intensity group dominates.
+    fibres); plus ``G*e`` of the eosin OD at ``eosin_sigmas`` and, at ``fraction_sigmas``, the smoothed
+    haematoxylin share of the stain ``G*h / (G*h + G*e)``: pale (vesicular) nuclei have a low haematoxylin density
+    but still a high share, which separates them from pale eosinophilic stroma. Each channel is standardised over
+    the image (per-image stain normalisation) and weighted so the haematoxylin intensity group dominates.
 
     Args:
         sigmas: scales in pixels (nuclei of radius ``r`` respond most at ``sigma ~ r / sqrt(2)``).
         eosin_sigmas: scales of the eosin channel.
+        fraction_sigmas: scales of the haematoxylin-share channel (empty: none, the default). On synthetic H&E,
+            ``(1, 2, 4)`` gave a validation student AJI of 0.495 vs 0.481 on one data draw, and 0.506 vs 0.509 on a
+            second (with ``marker_erosion`` 0): no reliable gain, so it is off by default.
         stride: output grid (1 = per pixel; >1 average-pools the features, saving memory).
         tile: images larger than this (per side) are processed in tiles with a halo (bounded memory).
         device: torch device (default: CUDA if available).
@@ -129,6 +138,7 @@ class FilterBankExtractor(FeatureExtractor):
         self,
         sigmas: Sequence[float] = (1.0, 2.0, 4.0),
         eosin_sigmas: Sequence[float] = (1.0, 4.0),
+        fraction_sigmas: Sequence[float] = (),
         stride: int = 1,
         tile: int = 1024,
         device: str | torch.device | None = None,
@@ -136,6 +146,7 @@ class FilterBankExtractor(FeatureExtractor):
         super().__init__(device)
         self.sigmas = tuple(float(s) for s in sigmas)
         self.eosin_sigmas = tuple(float(s) for s in eosin_sigmas)
+        self.fraction_sigmas = tuple(float(s) for s in fraction_sigmas)
         self.stride = int(stride)
         self.tile = int(tile)
         if self.stride < 1 or self.tile < 32:
@@ -143,7 +154,7 @@ class FilterBankExtractor(FeatureExtractor):
 
     @property
     def dim(self) -> int:
-        return 7 * len(self.sigmas) + len(self.eosin_sigmas)
+        return 7 * len(self.sigmas) + len(self.eosin_sigmas) + len(self.fraction_sigmas)
 
     def _raw(self, rgb: torch.Tensor) -> torch.Tensor:
         hed = rgb_to_hed(rgb)
@@ -165,13 +176,18 @@ class FilterBankExtractor(FeatureExtractor):
         for s in self.eosin_sigmas:
             g = _gauss_kernels(s, rgb.device)[0]
             chans.append(_sep(e, g, g))
+        for s in self.fraction_sigmas:
+            g = _gauss_kernels(s, rgb.device)[0]
+            gh, ge = _sep(h, g, g), _sep(e, g, g)
+            chans.append(gh / (gh + ge + FRACTION_EPS))
         return torch.cat(chans, 0)
 
     def _tiled_raw(self, rgb: torch.Tensor) -> torch.Tensor:
         H, W = rgb.shape[-2:]
         if max(H, W) <= self.tile:
             return self._raw(rgb)
-        halo = int(math.ceil(9 * max(self.sigmas))) + 4  # derivative (3 sigma) + structure tensor (6 sigma) support
+        # derivative (3 sigma) + structure tensor (6 sigma) support
+        halo = int(math.ceil(9 * max((*self.sigmas, *self.eosin_sigmas, *self.fraction_sigmas)))) + 4
         out = torch.empty((self.dim, H, W), dtype=torch.float32, device=rgb.device)
         for y0 in range(0, H, self.tile):
             for x0 in range(0, W, self.tile):  # a handful of big tiles
