@@ -30,8 +30,6 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 
-from monai_ext.networks.blocks import fast_deconvs
-
 __all__ = ["MultiTaskUNet", "split_outputs", "NUM_OUTPUTS"]
 
 #: channels of the inference output: seg logits (background, mitochondrion) + centre heatmap.
@@ -100,7 +98,6 @@ class MultiTaskUNet(nn.Module):
         self.proj_head = nn.Sequential(
             nn.Conv2d(pc, pc, 1), nn.InstanceNorm2d(pc, affine=True), nn.ReLU(inplace=True), nn.Conv2d(pc, self.proj_dim, 1)
         )
-        fast_deconvs(self)  # the 2x2 up-convolutions as 1x1 conv + pixel shuffle (same weights, faster on CPU)
 
     def forward(self, x: torch.Tensor, with_projection: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 3, H, W)`` (seg logits, heatmap) or ``(B, 3 + proj_dim, H, W)``."""
