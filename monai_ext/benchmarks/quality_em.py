@@ -148,22 +148,19 @@ def train_and_evaluate(name: str, mode: str, data_root: Path, work: Path, overri
 
 
 def slice_aji(pred_dir: Path, test_volume: Path) -> dict[int, float]:
-    """AJI of every saved 2D prediction ``<name>_z<k>.tif`` against slice ``k`` of the test volume's ``label``."""
+    """AJI of every saved 2D prediction ``<name>_z<k>`` against slice ``k`` of the test volume's ``label``."""
     import re
 
-    import h5py
-    import tifffile
-
+    from monai_ext.evaluation import find_predictions, read_label_image
     from monai_ext.metrics import aji
 
-    with h5py.File(test_volume, "r") as f:
-        label = np.asarray(f["label"])
+    label = read_label_image(test_volume)
     out: dict[int, float] = {}
-    for path in sorted(pred_dir.glob("*_z*.tif")):
-        match = re.search(r"_z(\d+)\.tif$", path.name)
+    for sid, path in find_predictions(pred_dir).items():
+        match = re.search(r"_z(\d+)$", sid)
         if match:
             z = int(match.group(1))
-            out[z] = float(aji(label[z], np.squeeze(tifffile.imread(path))))
+            out[z] = float(aji(label[z], np.squeeze(read_label_image(path))))
     return out
 
 
