@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.blocks import fast_inference_layers
+
 __all__ = ["EmbeddingUNet", "EMATeacher", "DEFAULT_FEATURES", "PAPER_FEATURES"]
 
 #: CPU-friendly default feature maps (5 levels).
@@ -139,6 +141,7 @@ class EmbeddingUNet(nn.Module):
             prev = features[i]
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.final_conv = conv(features[0], embedding_dim, 1)
+        fast_inference_layers(self)  # CPU inference: 2D max-pools without arg-max indices, same outputs
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         spatial = x.shape[2:]

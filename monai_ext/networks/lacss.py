@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.networks.blocks import fast_convnext_blocks
 from monai_ext.postprocess.points import crop_flat_index, distance_nms, paint_instances
 
 __all__ = [
@@ -87,6 +88,7 @@ class ConvNeXtEncoder(nn.Module):
             logger.info("loaded backbone weights from %s", checkpoint)
         else:
             self.body = timm.create_model(name, pretrained=False, **kwargs)
+        fast_convnext_blocks(self.body)  # CPU inference: cache-blocked block MLPs, same weights and outputs
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 
+from monai_ext.networks.blocks import fast_inference_layers
+
 __all__ = ["MultiTaskUNet", "split_outputs", "NUM_OUTPUTS"]
 
 #: channels of the inference output: seg logits (background, mitochondrion) + centre heatmap.
@@ -98,6 +100,7 @@ class MultiTaskUNet(nn.Module):
         self.proj_head = nn.Sequential(
             nn.Conv2d(pc, pc, 1), nn.InstanceNorm2d(pc, affine=True), nn.ReLU(inplace=True), nn.Conv2d(pc, self.proj_dim, 1)
         )
+        fast_inference_layers(self)  # CPU inference: instance norms and 2x2 max-pools by faster kernels, same outputs
 
     def forward(self, x: torch.Tensor, with_projection: bool = False) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 3, H, W)`` (seg logits, heatmap) or ``(B, 3 + proj_dim, H, W)``."""
