@@ -81,6 +81,11 @@ def test_fast_instance_norm_equals_instance_norm_in_eval_and_train(affine: bool)
         fast.train(training)
         torch.testing.assert_close(fast(x), norm(x), atol=1e-5, rtol=1e-5)
     assert list(fast.state_dict()) == list(norm.state_dict())
+    norm.eval()
+    fast.eval()
+    torch.testing.assert_close(fast(x[0]), norm(x[0]), atol=1e-5, rtol=1e-5)  # unbatched (C, H, W)
+    with pytest.raises(ValueError, match="3D or 4D"):
+        fast(x[None])
     with pytest.raises(ValueError):  # running statistics: not the same computation at inference
         FastInstanceNorm2d(nn.InstanceNorm2d(5, track_running_stats=True))
 
@@ -99,7 +104,7 @@ def test_fast_max_pool_equals_max_pool(k: int, shape: tuple[int, ...]) -> None:
     fast.train()  # training: the standard kernel (same gradients as before)
     torch.testing.assert_close(fast(x), ref, equal_nan=True)
     for bad in (nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1), nn.MaxPool2d(2, ceil_mode=True),
-                nn.MaxPool2d(2, return_indices=True)):
+                nn.MaxPool2d(2, return_indices=True), nn.MaxPool2d(1)):
         with pytest.raises(ValueError):
             FastMaxPool2d(bad)
 

@@ -133,7 +133,14 @@ class FastInstanceNorm2d(nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or x.is_cuda or x.dim() != 4:
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.InstanceNorm2d accepts
+            return self._normalise(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"expected 3D or 4D input (got {x.dim()}D input)")
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or x.is_cuda:
             return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.1, self.eps)
         return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
@@ -186,7 +193,8 @@ def is_fast_pool_equivalent(m: nn.Module) -> bool:
     if not isinstance(m, nn.MaxPool2d) or m.return_indices or m.ceil_mode:
         return False
     k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
-    return k[0] == k[1] == s[0] == s[1] and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1)
+    # k >= 2: a 1 x 1 pool would return a view of its input (an in-place op after it would then change the input)
+    return k[0] == k[1] == s[0] == s[1] >= 2 and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1)
 
 
 def fast_inference_layers(model: nn.Module) -> nn.Module:
