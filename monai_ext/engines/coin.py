@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
 from monai_ext.engines.base import GuardedTrainer
 from monai_ext.errors import DataError, TrainingError
+from monai_ext.inference.sliding import FittedSlidingWindowInferer
 from monai_ext.losses.seg_edge import SegEdgeLoss
 from monai_ext.postprocess.watershed import marker_watershed
 from monai_ext.pseudo.propagation import CentroidAccumulator
@@ -156,7 +157,8 @@ class COINInferer(Inferer):
     ``device`` (default: the input's; pass ``"cpu"`` for very large images on a GPU).
 
     Args:
-        roi_size: window size.
+        roi_size: window size; an image smaller than it along an axis is run whole along that axis, unpadded
+            (the U-Net's InstanceNorm statistics would otherwise count the padding).
         sw_batch_size: windows per forward pass.
         overlap: window overlap.
         flip: average over horizontal and vertical flips.
@@ -167,9 +169,8 @@ class COINInferer(Inferer):
     def __init__(self, roi_size: Sequence[int] | int = 256, sw_batch_size: int = 4, overlap: float = 0.25,
                  flip: bool = True, mode: str = "gaussian", device: str | torch.device | None = None) -> None:
         super().__init__()
-        roi = (int(roi_size), int(roi_size)) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        self.sw = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-                                       device=device)
+        self.sw = FittedSlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
+                                             device=device)
         self.flips: list[tuple[int, ...]] = [(-1,), (-2,)] if flip else []
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:

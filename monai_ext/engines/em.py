@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data.utils import set_rnd
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.transforms import Randomizable
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
 from monai_ext.engines.base import GuardedTrainer
 from monai_ext.errors import DataError, TrainingError
+from monai_ext.inference.sliding import FittedSlidingWindowInferer
 from monai_ext.losses.contrastive import ClassFocusedContrastiveLoss
 from monai_ext.losses.em import IgnoreCrossEntropyLoss, WeightedHeatmapLoss
 from monai_ext.pseudo.ipl import IPLResult, merge_stats, point_targets, pseudo_points_from_peaks, select_instances, \
@@ -270,17 +271,13 @@ class EMInferer(Inferer):
                  flip_tta: bool = False, mode: str = "gaussian", slice_batch: int = 8,
                  device: str | torch.device | None = None) -> None:
         super().__init__()
-        self.roi = (int(roi_size), int(roi_size)) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        self.sw_kwargs = {"sw_batch_size": sw_batch_size, "overlap": overlap, "mode": mode, "device": device}
-        self._sw: dict[tuple[int, ...], SlidingWindowInferer] = {}
+        self.sw = FittedSlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
+                                             device=device)
         self.flips: list[tuple[int, ...]] = [(-1,), (-2,), (-2, -1)] if flip_tta else []
         self.slice_batch = max(int(slice_batch), 1)
 
     def _slices(self, x: torch.Tensor, network: Callable[..., Any]) -> torch.Tensor:
-        roi = tuple(min(r, int(n)) for r, n in zip(self.roi, x.shape[-2:]))
-        if roi not in self._sw:
-            self._sw[roi] = SlidingWindowInferer(roi_size=roi, **self.sw_kwargs)
-        return self._sw[roi](x, lambda t: tta_maps(network, t, self.flips))
+        return self.sw(x, lambda t: tta_maps(network, t, self.flips))
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         if inputs.ndim == 4:
