@@ -230,7 +230,6 @@ class ChunkedConvNeXtBlock(nn.Module):
         self.gamma = block.gamma
         self.shortcut = block.shortcut
         self.drop_path = block.drop_path
-        self.channels = int(block.norm.weight.shape[0])
         self.hidden = int(block.mlp.fc1.weight.shape[0])
         self.eps = float(block.norm.eps)
         self.rows = max(256, CONVNEXT_CHUNK_BYTES // (4 * self.hidden))

@@ -160,9 +160,17 @@ class FilterBankExtractor(FeatureExtractor):
         hed = rgb_to_hed(rgb)
         h, e = hed[0:1], hed[1:2]
         chans = []
+        smooth: dict[tuple[str, float], torch.Tensor] = {}  # G_sigma * h / e, computed once per stain and scale
+
+        def blurred(stain: str, s: float) -> torch.Tensor:
+            if (stain, s) not in smooth:
+                g = _gauss_kernels(s, rgb.device)[0]
+                smooth[(stain, s)] = _sep(h if stain == "h" else e, g, g)
+            return smooth[(stain, s)]
+
         for s in self.sigmas:
             g, g1, g2 = _gauss_kernels(s, rgb.device)
-            gh = _sep(h, g, g)
+            gh = blurred("h", s)
             hy, hx = _sep(h, g1, g), _sep(h, g, g1)
             hyy, hxx, hxy = _sep(h, g2, g), _sep(h, g, g2), _sep(h, g1, g1)
             tr, det_root = hxx + hyy, torch.sqrt(((hxx - hyy) * 0.5) ** 2 + hxy**2)
@@ -174,11 +182,9 @@ class FilterBankExtractor(FeatureExtractor):
             coh = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-4)
             chans += [gh, -(s**2) * tr, s * torch.sqrt(hx**2 + hy**2), s**2 * l1, s**2 * l2, var.sqrt(), coh]
         for s in self.eosin_sigmas:
-            g = _gauss_kernels(s, rgb.device)[0]
-            chans.append(_sep(e, g, g))
+            chans.append(blurred("e", s))
         for s in self.fraction_sigmas:
-            g = _gauss_kernels(s, rgb.device)[0]
-            gh, ge = _sep(h, g, g), _sep(e, g, g)
+            gh, ge = blurred("h", s), blurred("e", s)
             chans.append(gh / (gh + ge + FRACTION_EPS))
         return torch.cat(chans, 0)
 
