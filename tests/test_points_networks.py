@@ -44,28 +44,55 @@ def test_batched_head_equals_one_cell_at_a_time(net: LacssNet) -> None:
     assert torch.allclose(all_at_once, torch.cat(singles), atol=1e-5)
 
 
+def _explicit_head(seg, fpn4: torch.Tensor, y: int, x: int) -> torch.Tensor:
+    """Mask logits of one cell at pixel ``(y, x)`` by the paper's Fig. 3: conv1x1(concat(features, resized
+    encoding)) (``"add"``: features + linear(encoding)), ReLU, 2x2 transposed conv, bilinear resize."""
+    feat = seg.features(fpn4)
+    loc = torch.tensor([[float(y), float(x)]])
+    p = seg.patch
+    cy, cx = y // 4 - p // 2, x // 4 - p // 2
+    padded = F.pad(feat, [p, p, p, p])
+    patch = padded[:, :, cy + p : cy + 2 * p, cx + p : cx + 2 * p]
+    enc = seg.encoder(seg._bilinear(fpn4, loc, torch.zeros(1, dtype=torch.long))).view(1, *seg.enc_shape)
+    enc = F.interpolate(enc, size=(p, p), mode="bilinear", align_corners=False)
+    if seg.merge == "concat":
+        w = torch.cat([seg.fuse_feat.weight[:, :, 0, 0], seg.fuse_enc.weight], 1)  # (C, C + 4)
+        fused = F.relu(torch.einsum("oc,bchw->bohw", w, torch.cat([patch, enc], 1))
+                       + seg.fuse_feat.bias[None, :, None, None])
+    else:
+        fused = F.relu(patch + torch.einsum("oc,bchw->bohw", seg.fuse_enc.weight, enc)
+                       + seg.fuse_enc.bias[None, :, None, None])
+    ref = torch.einsum("oc,bchw->bohw", seg.out.weight, fused) + seg.out.bias[None, :, None, None]
+    ref = ref.view(1, 2, 2, p, p).permute(0, 3, 1, 4, 2).reshape(1, 1, 2 * p, 2 * p)
+    return F.interpolate(ref, size=(seg.crop_size,) * 2, mode="bilinear", align_corners=False)[:, 0]
+
+
 def test_concat_fusion_equals_explicit_concatenation(net: LacssNet) -> None:
     """The folded 1x1 fusion equals conv1x1(concat(features, resized encoding)) of the paper's Fig. 3."""
     seg = net.segmentor
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         fpn4 = net._features(x)[0]
-        feat = seg.features(fpn4)
-        loc = torch.tensor([[30.0, 33.0]])
-        p = seg.patch
-        cy, cx = 30 // 4 - p // 2, 33 // 4 - p // 2
-        padded = F.pad(feat, [p, p, p, p])
-        patch = padded[:, :, cy + p : cy + 2 * p, cx + p : cx + 2 * p]
-        enc = seg.encoder(seg._bilinear(fpn4, loc, torch.zeros(1, dtype=torch.long))).view(1, *seg.enc_shape)
-        enc = F.interpolate(enc, size=(p, p), mode="bilinear", align_corners=False)
-        w = torch.cat([seg.fuse_feat.weight[:, :, 0, 0], seg.fuse_enc.weight], 1)  # (C, C + 4)
-        fused = F.relu(torch.einsum("oc,bchw->bohw", w, torch.cat([patch, enc], 1))
-                       + seg.fuse_feat.bias[None, :, None, None])
-        ref = torch.einsum("oc,bchw->bohw", seg.out.weight, fused) + seg.out.bias[None, :, None, None]
-        ref = ref.view(1, 2, 2, p, p).permute(0, 3, 1, 4, 2).reshape(1, 1, 2 * p, 2 * p)
-        ref = F.interpolate(ref, size=(seg.crop_size,) * 2, mode="bilinear", align_corners=False)[:, 0]
-        got, _ = seg(seg.feature_map(fpn4), fpn4, loc, torch.zeros(1, dtype=torch.long))
+        ref = _explicit_head(seg, fpn4, 30, 33)
+        got, _ = seg(seg.feature_map(fpn4), fpn4, torch.tensor([[30.0, 33.0]]), torch.zeros(1, dtype=torch.long))
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("merge", ["concat", "add"])
+def test_head_gradients_equal_explicit_formulation(merge: str) -> None:
+    """The in-place per-cell chain (gather, fused add, ReLU) back-propagates exactly like the explicit head."""
+    torch.manual_seed(1)
+    seg = LacssNet(**SMALL, encoding_merge=merge).segmentor.train()
+    fpn4 = torch.randn(1, 16, 16, 16, requires_grad=True)
+    got, _ = seg(seg.feature_map(fpn4), fpn4, torch.tensor([[30.0, 33.0]]), torch.zeros(1, dtype=torch.long))
+    weights = torch.randn_like(got)
+    params = [fpn4, seg.fuse_enc.weight, seg.out.weight, seg.out.bias, seg.encoder[0].weight]
+    g_got = torch.autograd.grad((got * weights).sum(), params)
+    ref = _explicit_head(seg, fpn4, 30, 33)
+    assert torch.allclose(got, ref, atol=1e-5)
+    g_ref = torch.autograd.grad((ref * weights).sum(), params)
+    for a, b in zip(g_got, g_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_predict_shapes_and_torchscript(tmp_path: Path) -> None:
