@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
+from skimage.feature import peak_local_max
 
 from monai_ext.errors import DataError
 from monai_ext.postprocess.centers import centre_watershed, connected_instances, instances_from_maps, link_slices
@@ -18,6 +19,8 @@ from monai_ext.postprocess.clustering import cluster_embeddings
 from monai_ext.postprocess.points import distance_nms
 from monai_ext.postprocess.watershed import (
     distance_watershed,
+    footprint,
+    label_peaks,
     marker_watershed,
     relabel_sequential,
     remove_small_instances,
@@ -54,6 +57,52 @@ def test_distance_watershed_keeps_every_object(m, min_distance, sigma, fill) -> 
     comps, n = ndimage.label(region, np.ones((3, 3), bool))
     assert int(lab.max()) >= n
     assert np.all(np.bincount(comps[lab > 0], minlength=n + 1)[1:] > 0)  # no object lost
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=maps(2, ndim=2) | maps(2, ndim=3), levels=st.sampled_from([0, 1, 3]), radius=st.integers(0, 4),
+       touching=st.booleans(), full=st.booleans())
+def test_label_peaks_equals_scikit_image(m, levels, radius, touching, full) -> None:
+    """The vectorised per-object peaks are exactly scikit-image's ``peak_local_max(labels=...)``, ties, plateaus,
+    single-pixel and diagonally touching objects included."""
+    img = np.round(m[0] * levels) if levels else m[0]  # few levels: many ties and flat objects
+    if touching:  # arbitrary ids that touch each other
+        labels = np.floor(m[1] * 3).astype(np.int32)
+    else:
+        labels = ndimage.label(m[1] > 0.4, ndimage.generate_binary_structure(img.ndim, img.ndim if full else 1))[0]
+    fp = footprint(radius, img.ndim)
+    expected = np.zeros(img.shape, bool)
+    coords = peak_local_max(img, footprint=fp, labels=labels, exclude_border=False)
+    expected[tuple(coords.T)] = True
+    np.testing.assert_array_equal(label_peaks(img, labels, fp), expected)
+    np.testing.assert_array_equal(label_peaks(img, labels, fp, chunk=7), expected)  # several gather chunks
+
+
+def test_label_peaks_of_a_flat_object_are_its_isolated_pixels() -> None:
+    """A plateau object has no peak but the pixels a binary opening removes (scikit-image's rule)."""
+    img = np.full((7, 7), 2.0)
+    img[0, 0] = 0.0  # the image minimum, so that the plateau is above the threshold
+    labels = np.zeros((7, 7), np.int32)
+    labels[2:5, 2:5] = 1
+    labels[5, 3] = 1  # a pixel below the block: the opening keeps it, and the block's two top corners go
+    labels[0, 6] = 2  # a one-pixel object
+    expected = np.zeros((7, 7), bool)
+    expected[2, 2] = expected[2, 4] = expected[0, 6] = True
+    np.testing.assert_array_equal(label_peaks(img, labels, footprint(2, 2)), expected)
+    coords = peak_local_max(img, footprint=footprint(2, 2), labels=labels, exclude_border=False)
+    assert sorted(map(tuple, coords.tolist())) == [(0, 6), (2, 2), (2, 4)]
+
+
+def test_label_peaks_rejects_what_it_cannot_match() -> None:
+    img = np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match="monotone"):
+        label_peaks(img, np.ones((5, 5), int), np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], bool))
+    with pytest.raises(ValueError, match="odd"):
+        label_peaks(img, np.ones((5, 5), int), np.ones((2, 2), bool))
+    with pytest.raises(TypeError, match="integers"):
+        label_peaks(img, np.ones((5, 5)), np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="shape"):
+        label_peaks(img, np.ones((5, 4), int), np.ones((3, 3), bool))
 
 
 @SETTINGS

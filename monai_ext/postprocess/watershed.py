@@ -7,6 +7,8 @@
 - :func:`marker_watershed`: foreground probability + optional boundary probability -> instances with markers
   from the object cores (foreground minus boundary), flooded over the boundary map (edge-aware; COIN's student,
   DCAN/HoVer-style contour decoders, EM membrane maps).
+- :func:`label_peaks`, :func:`seed_orphans`: markers: the peaks of a map within each object (scikit-image's
+  ``peak_local_max(labels=...)`` without its loop over objects), one seed for each object left without one.
 - :func:`relabel_sequential`, :func:`remove_small_instances`, :func:`fill_instance_holes`: vectorised clean-up.
 
 Every function takes ``(H, W)`` or ``(D, H, W)`` arrays (no channel axis) and returns ``int32`` labels with
@@ -19,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import peak_local_max
 from skimage.morphology import ball, disk
 from skimage.segmentation import watershed
 
@@ -35,6 +36,8 @@ __all__ = [
     "fill_instance_holes",
     "instance_areas",
     "footprint",
+    "label_peaks",
+    "seed_orphans",
 ]
 
 
@@ -59,6 +62,99 @@ def footprint(radius: int, ndim: int) -> np.ndarray:
     if r < 1:
         return np.ones((1,) * ndim, bool)
     return (disk(r) if ndim == 2 else ball(r)).astype(bool)
+
+
+def _shift_slices(offset: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """``(dst, src)`` slices pairing every pixel ``p`` (``dst``) with its neighbour ``p + offset`` (``src``)."""
+    dst = tuple(slice(max(-o, 0), n - max(o, 0)) for o, n in zip(offset, shape))
+    src = tuple(slice(max(o, 0), n + min(o, 0)) for o, n in zip(offset, shape))
+    return dst, src
+
+
+def label_peaks(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, chunk: int = 1 << 21) -> np.ndarray:
+    """Mask of the local maxima of ``image`` within each labelled object: what ``skimage.feature.peak_local_max(
+    image, footprint=footprint, labels=labels, exclude_border=False)`` returns as coordinates, without its loop
+    over objects (one max filter per object's box, about 0.3 s for 1000 nuclei in a 1000x1000 image).
+
+    A pixel of object ``L`` is a peak when no pixel of ``L`` under the footprint is larger and it is above the
+    image minimum; an object whose pixels are all peaks (a plateau) keeps only its isolated pixels, as in
+    scikit-image. Only the pixels that pass the 3x3 (3x3x3) part of the footprint are checked against the whole
+    footprint, in one gather per chunk of ``chunk`` (candidate, offset) pairs.
+
+    Args:
+        image: ``(H, W)`` / ``(D, H, W)`` values.
+        labels: integer objects of the same shape, 0 = background.
+        footprint: boolean neighbourhood with odd sides, centred, and monotone (an offset's smaller offsets
+            towards the centre are in it, as in a disk or ball), which makes cropping to the object's box, as
+            scikit-image does, the same as ignoring pixels outside the object.
+
+    Returns:
+        Boolean mask of the peaks.
+    """
+    img = np.asarray(image)
+    lab = np.asarray(labels)
+    lab = lab.astype(np.int64) if lab.dtype == bool else lab
+    fp = np.asarray(footprint, bool)
+    if lab.shape != img.shape or fp.ndim != img.ndim:
+        raise ValueError(f"labels {lab.shape} must have the shape and footprint {fp.shape} the rank of image {img.shape}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got {lab.dtype}")
+    if any(s % 2 == 0 for s in fp.shape):
+        raise ValueError(f"footprint sides must be odd, got {fp.shape}")
+    centre = np.asarray(fp.shape) // 2
+    off = np.argwhere(fp) - centre
+    # monotone: every offset's neighbour one step towards the centre along any axis is in the footprint too
+    inner = off - np.sign(off) * (np.eye(fp.ndim, dtype=np.int64)[:, None, :])  # (ndim, F, ndim)
+    if not fp[tuple(np.moveaxis(inner + centre, -1, 0))].all():
+        raise ValueError("footprint must be monotone towards its centre (a disk or ball)")
+    obj = lab > 0
+    above = img > img.min() if img.size else obj
+    if fp.sum() <= 1 or not obj.any():
+        return obj & above
+    # candidates: no larger same-object pixel in the 3^ndim part of the footprint
+    near = np.abs(off).max(1) <= 1
+    cand = obj.copy()
+    for o in off[near & np.any(off != 0, 1)]:
+        dst, src = _shift_slices(o, img.shape)
+        cand[dst] &= ~((lab[src] == lab[dst]) & (img[src] > img[dst]))
+    # the rest of the footprint, for the candidates only
+    far = off[~near]
+    peaks = cand
+    idx = np.flatnonzero(cand)
+    if len(far) and idx.size:
+        shape = np.asarray(img.shape)
+        flat_img, flat_lab = img.ravel(), lab.ravel()
+        step = max(1, chunk // len(far))
+        keep = np.ones(idx.size, bool)
+        for start in range(0, idx.size, step):
+            i = idx[start:start + step]
+            pos = np.stack(np.unravel_index(i, img.shape), 1)[:, None, :] + far[None]  # (k, F, ndim)
+            inside = ((pos >= 0) & (pos < shape)).all(-1)
+            nb = np.ravel_multi_index(tuple(np.moveaxis(pos, -1, 0)), img.shape, mode="clip")
+            larger = inside & (flat_lab[nb] == flat_lab[i, None]) & (flat_img[nb] > flat_img[i, None])
+            keep[start:start + step] = ~larger.any(1)
+        peaks = np.zeros(img.shape, bool)
+        peaks.flat[idx[keep]] = True
+    # objects whose every pixel is a peak (plateaus): only their isolated pixels, i.e. those a binary opening of
+    # the object with the face-connected structure removes
+    areas = np.bincount(lab[obj].ravel(), minlength=int(lab.max()) + 1)
+    n_peak = np.bincount(lab[peaks].ravel(), minlength=areas.size)
+    flat = (n_peak == areas) & (areas > 0)
+    if flat.any():
+        sel = flat[np.where(obj, lab, 0)]
+        faces = np.concatenate([np.eye(img.ndim, dtype=np.int64), -np.eye(img.ndim, dtype=np.int64)])
+        eroded = sel.copy()
+        for o in faces:
+            dst, src = _shift_slices(o, img.shape)
+            same = np.zeros(img.shape, bool)
+            same[dst] = lab[src] == lab[dst]
+            eroded &= same
+        opened = eroded.copy()
+        for o in faces:
+            dst, src = _shift_slices(o, img.shape)
+            opened[dst] |= eroded[src] & (lab[src] == lab[dst])
+        peaks[sel] = ~opened[sel]
+    return peaks & above
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -111,6 +207,24 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     return lab
 
 
+def seed_orphans(markers: np.ndarray, comps: np.ndarray, n_comp: int) -> np.ndarray:
+    """Give every component of ``comps`` that holds no marker one marker, in place, so that a watershed restricted
+    to the components keeps it as an instance instead of losing it.
+
+    The new ids follow ``markers.max()`` in component order, and each seed is the component's first pixel in
+    raster order: a flood that is confined to the component (mask = components, at least their connectivity)
+    fills all of it from any of its pixels, so where the seed lies does not change the result.
+    """
+    has = np.zeros(n_comp + 1, bool)
+    has[comps[markers > 0]] = True
+    has[0] = True
+    idx = np.flatnonzero(~has[comps.ravel()])
+    if idx.size:
+        orphan_ids, first = np.unique(comps.ravel()[idx], return_index=True)
+        markers.flat[idx[first]] = int(markers.max(initial=0)) + 1 + np.arange(orphan_ids.size, dtype=markers.dtype)
+    return markers
+
+
 def distance_watershed(
     mask: Any,
     min_distance: int = 12,
@@ -118,7 +232,6 @@ def distance_watershed(
     min_size: int = 0,
     fill_holes: bool = True,
     denoise: bool = False,
-    exclude_border: bool = False,
     connectivity: int = 1,
 ) -> np.ndarray:
     """Binary mask -> instances by watershed on the inverted, smoothed distance transform (COIN Eq. 5).
@@ -135,7 +248,6 @@ def distance_watershed(
         min_size: instances below this many pixels are dropped (0 keeps all).
         fill_holes: fill holes of the mask first (COIN applies ``binary_fill_holes``).
         denoise: morphological opening + closing with radius 2 then 1 (COIN's optional denoise).
-        exclude_border: passed to ``peak_local_max``.
         connectivity: 1 = faces only (COIN labels peaks with 4-connectivity), ``ndim`` = full.
 
     Returns:
@@ -155,24 +267,9 @@ def distance_watershed(
     if sigma > 0:
         dist = ndimage.gaussian_filter(dist, sigma)
     comps, n_comp = ndimage.label(m, ndimage.generate_binary_structure(nd, nd))
-    peaks = peak_local_max(dist, footprint=footprint(min_distance, nd), labels=comps, exclude_border=exclude_border)
-    peak_mask = np.zeros(m.shape, bool)
-    if len(peaks):
-        peak_mask[tuple(peaks.T)] = True
+    peak_mask = label_peaks(dist, comps, footprint(min_distance, nd))
     markers, n_mark = ndimage.label(peak_mask, ndimage.generate_binary_structure(nd, connectivity))
-    # components that got no marker keep one id each (vectorised: which component ids have a marker)
-    has_marker = np.zeros(n_comp + 1, bool)
-    has_marker[np.unique(comps[peak_mask])] = True
-    orphan = ~has_marker
-    orphan[0] = False
-    if orphan.any():
-        new_ids = np.zeros(n_comp + 1, np.int32)
-        new_ids[orphan] = n_mark + 1 + np.arange(int(orphan.sum()), dtype=np.int32)
-        # one marker pixel per orphan component: its distance maximum
-        orphan_ids = np.flatnonzero(orphan)
-        pos = ndimage.maximum_position(dist, comps, orphan_ids)
-        idx = tuple(np.asarray(pos, dtype=np.int64).reshape(len(orphan_ids), nd).T)
-        markers[idx] = new_ids[orphan_ids]
+    seed_orphans(markers, comps, n_comp)  # components without a peak keep one id each
     # flood with the connectivity the components were found with (full), or a pixel touching its object only
     # diagonally would stay unlabelled
     labels = watershed(-dist, markers, mask=m, connectivity=nd)
@@ -258,14 +355,8 @@ def marker_watershed(
     if use_distance:
         dist = ndimage.distance_transform_edt(markers == 0)  # distance to the nearest core
         elevation = elevation + 0.1 * dist / (dist.max() + 1e-6)
-    # foreground components without a core: give each one marker at its most interior pixel
+    # foreground components without a core keep one id each
     comps, n_comp = ndimage.label(mask, ndimage.generate_binary_structure(nd, nd))
-    has = np.zeros(n_comp + 1, bool)
-    has[np.unique(comps[markers > 0])] = True
-    orphan = np.flatnonzero(~has[1:]) + 1
-    if orphan.size:
-        inner = ndimage.distance_transform_edt(mask)
-        pos = np.asarray(ndimage.maximum_position(inner, comps, orphan), dtype=np.int64).reshape(orphan.size, nd)
-        markers[tuple(pos.T)] = int(markers.max(initial=0)) + 1 + np.arange(orphan.size, dtype=np.int32)
+    seed_orphans(markers, comps, n_comp)
     labels = watershed(elevation, markers, mask=mask, connectivity=nd)  # full, as the components (see above)
     return remove_small_instances(labels, min_size) if min_size > 0 else relabel_sequential(labels)

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage import filters
-from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import footprint
+from monai_ext.postprocess.watershed import footprint, label_peaks
 from monai_ext.transforms.coin import hematoxylin, rgb_to_hed
 from monai_ext.utils import get_device, to_numpy
 
@@ -264,8 +263,7 @@ class ClassicalRefiner:
         # competing markers: distance peaks of the selected components far enough from the prompt
         dist = ndimage.distance_transform_edt(sel)
         smooth = ndimage.gaussian_filter(dist, 1.0)
-        peaks = peak_local_max(smooth, footprint=footprint(self.min_distance, 2), labels=comps * sel,
-                               exclude_border=False)
+        peaks = np.argwhere(label_peaks(smooth, comps * sel, footprint(self.min_distance, 2)))
         markers = np.zeros(m.shape, np.int32)
         if len(peaks):
             pw = (peaks[:, 0] // (s + gap)) * cols + peaks[:, 1] // (s + gap)
