@@ -96,7 +96,8 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, ch
     lab = lab.astype(np.int64) if lab.dtype == bool else lab
     fp = np.asarray(footprint, bool)
     if lab.shape != img.shape or fp.ndim != img.ndim:
-        raise ValueError(f"labels {lab.shape} must have the shape and footprint {fp.shape} the rank of image {img.shape}")
+        raise ValueError(f"labels {lab.shape} must have the shape, and footprint {fp.shape} the rank, of image "
+                         f"{img.shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise TypeError(f"labels must be integers, got {lab.dtype}")
     if any(s % 2 == 0 for s in fp.shape):
