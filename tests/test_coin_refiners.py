@@ -154,6 +154,25 @@ def test_snap_to_mask_moves_points_to_the_nearest_mask_pixel_within_the_radius()
     assert np.allclose(np.hypot(sy - y, sx - x)[found], dist[y, x][found])
 
 
+def test_paint_disks_is_the_grey_dilation_of_the_points() -> None:
+    """The prompt disks written at the points equal a grey dilation of the point image, borders and overlaps
+    (largest id wins) included."""
+    from scipy import ndimage
+
+    from monai_ext.postprocess.watershed import footprint
+    from monai_ext.pseudo.refiners import _paint_disks
+
+    rng = np.random.default_rng(0)
+    y, x = rng.integers(0, 30, 12), rng.integers(0, 40, 12)
+    y[:2], x[:2] = (0, 29), (39, 0)  # corners: disks cut by the border
+    ids = rng.permutation(12).astype(np.int32) + 1
+    img = np.zeros((30, 40), np.int32)
+    np.maximum.at(img, (y, x), ids)
+    for r in (1, 2, 4):
+        np.testing.assert_array_equal(_paint_disks(img.shape, y, x, ids, r),
+                                      ndimage.grey_dilation(img, footprint=footprint(r, 2)))
+
+
 def test_prompt_disk_stops_correct_nuclei_from_scoring_zero() -> None:
     """Scored against ground-truth instances of default-difficulty tiles (textured, pale, clumped nuclei), a
     one-pixel prompt is often walled in by the surrounding markers (a few-pixel basin, score ~0); the prompt disk

@@ -18,6 +18,7 @@ from monai_ext.postprocess.centers import centre_watershed, connected_instances,
 from monai_ext.postprocess.clustering import cluster_embeddings
 from monai_ext.postprocess.points import distance_nms
 from monai_ext.postprocess.watershed import (
+    binary_fill_holes,
     distance_watershed,
     footprint,
     label_peaks,
@@ -91,6 +92,38 @@ def test_label_peaks_of_a_flat_object_are_its_isolated_pixels() -> None:
     np.testing.assert_array_equal(label_peaks(img, labels, footprint(2, 2)), expected)
     coords = peak_local_max(img, footprint=footprint(2, 2), labels=labels, exclude_border=False)
     assert sorted(map(tuple, coords.tolist())) == [(0, 6), (2, 2), (2, 4)]
+
+
+@SETTINGS
+@given(m=maps(1, ndim=2) | maps(1, ndim=3), level=st.sampled_from([0.3, 0.5, 0.7]),
+       structure=st.sampled_from(["faces", "full", "planes"]))
+def test_binary_fill_holes_equals_scipy(m, level, structure) -> None:
+    """The labelling fill equals SciPy's iterated-dilation fill, for 2D, 3D and a batch of 2D planes."""
+    mask = m[0] > level
+    nd = mask.ndim
+    if structure == "planes" and nd == 3:  # (N, H, W) batch: no connection between planes
+        st_ = np.zeros((3, 3, 3), bool)
+        st_[1] = ndimage.generate_binary_structure(2, 1)
+    else:
+        st_ = ndimage.generate_binary_structure(nd, nd if structure == "full" else 1)
+    np.testing.assert_array_equal(binary_fill_holes(mask, st_), ndimage.binary_fill_holes(mask, st_))
+    np.testing.assert_array_equal(binary_fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+def test_binary_fill_holes_fills_a_ring_and_checks_the_structure() -> None:
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[2:5, 2:5] = False
+    ring[3, 3] = True  # an island inside the hole
+    filled = binary_fill_holes(ring)
+    assert filled[1:6, 1:6].all() and filled.sum() == 25
+    planes = np.zeros((3, 3, 3), bool)  # a batch of 2D masks, each filled on its own
+    planes[1] = ndimage.generate_binary_structure(2, 1)
+    batch = np.stack([ring, ring, ring])
+    np.testing.assert_array_equal(binary_fill_holes(batch, planes), np.stack([filled] * 3))
+    np.testing.assert_array_equal(binary_fill_holes(batch), ndimage.binary_fill_holes(batch))  # 3D: plane 0 is a face
+    with pytest.raises(ValueError, match="symmetric"):
+        binary_fill_holes(ring, np.ones((3, 2), bool))
 
 
 def test_label_peaks_rejects_what_it_cannot_match() -> None:

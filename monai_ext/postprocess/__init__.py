@@ -26,7 +26,7 @@ _LAZY: dict[str, tuple[str, ...]] = {  # submodule: its public names
     ),
     "watershed": (
         "distance_watershed", "marker_watershed", "resolve_edge_threshold", "relabel_sequential", "fill_instance_holes", "instance_areas",
-        "footprint", "label_peaks", "seed_orphans",
+        "footprint", "label_peaks", "seed_orphans", "binary_fill_holes",
     ),
 }
 __all__ = [*__all__, *(n for names in _LAZY.values() for n in names)]

@@ -29,7 +29,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import check_finite, relabel_sequential, remove_small_instances
+from monai_ext.postprocess.watershed import binary_fill_holes, check_finite, relabel_sequential, remove_small_instances
 from monai_ext.utils import to_numpy
 
 __all__ = [
@@ -66,7 +66,7 @@ def local_peaks(heatmap: np.ndarray, min_distance: int = 1, threshold: float = 0
 
 def _mask(fg_prob: np.ndarray, fg_threshold: float, fill_holes: bool) -> np.ndarray:
     m = np.asarray(fg_prob, np.float32) > fg_threshold
-    return ndimage.binary_fill_holes(m) if fill_holes else m
+    return binary_fill_holes(m) if fill_holes else m
 
 
 def connected_instances(fg_prob: Any, fg_threshold: float = 0.5, min_size: int = 16, connectivity: int = 1,

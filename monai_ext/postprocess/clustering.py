@@ -59,26 +59,29 @@ logger = logging.getLogger(__name__)
 _WARNED_EPSILON = False
 
 
-def nearest_centre(points: np.ndarray, centres: np.ndarray, chunk_elements: int = 1 << 22,
+def nearest_centre(points: np.ndarray, centres: np.ndarray, chunk_elements: int = 1 << 20,
                    dtype: Any = np.float32) -> np.ndarray:
     """Index of the nearest of ``centres`` ``(K, E)`` for every point ``(N, E)``.
 
-    Squared distances ``|c|^2 - 2 p.c`` by one matrix product per chunk of points (BLAS), in ``dtype`` (float32: half
-    the memory traffic of float64 and about 4x faster than scikit-learn's brute-force neighbours on 16-dimensional
-    embeddings); a chunk holds at most ``chunk_elements`` distances, so memory stays bounded for any ``K``.
+    Squared distances up to the points' own norms, ``|c|^2 - 2 p.c``, as one matrix product per chunk of points:
+    the points get a column of ones and the centres ``-2 c`` and the column ``|c|^2`` (BLAS does the whole sum,
+    no pass over the ``N x K`` distances but the arg-min). In ``dtype`` (float32: half the memory traffic of
+    float64 and several times faster than scikit-learn's brute-force neighbours on 16-dimensional embeddings); a
+    chunk holds at most ``chunk_elements`` distances (4 MB in float32: they stay in cache for the arg-min), so
+    memory stays bounded for any ``K``.
     """
     p_all = np.asarray(points, dtype)
     c = np.asarray(centres, dtype)
     if c.shape[0] == 0:
         raise ValueError("nearest_centre needs at least one centre")
     out = np.empty(p_all.shape[0], np.int64)
-    c2 = (c * c).sum(1)
-    rows = max(1, int(chunk_elements) // c.shape[0])
+    c_aug = np.concatenate([-2 * c, (c * c).sum(1, keepdims=True)], 1).T.copy()  # (E + 1, K)
+    rows = min(max(1, int(chunk_elements) // c.shape[0]), max(1, p_all.shape[0]))
+    p_aug = np.ones((rows, p_all.shape[1] + 1), dtype)
     for s in range(0, p_all.shape[0], rows):  # chunks of points, bounded memory
-        d = p_all[s: s + rows] @ c.T
-        d *= -2.0
-        d += c2[None, :]
-        out[s: s + rows] = d.argmin(1)
+        n = min(rows, p_all.shape[0] - s)
+        p_aug[:n, :-1] = p_all[s: s + n]
+        out[s: s + n] = (p_aug[:n] @ c_aug).argmin(1)
     return out
 
 

@@ -9,7 +9,8 @@
   DCAN/HoVer-style contour decoders, EM membrane maps).
 - :func:`label_peaks`, :func:`seed_orphans`: markers: the peaks of a map within each object (scikit-image's
   ``peak_local_max(labels=...)`` without its loop over objects), one seed for each object left without one.
-- :func:`relabel_sequential`, :func:`remove_small_instances`, :func:`fill_instance_holes`: vectorised clean-up.
+- :func:`relabel_sequential`, :func:`remove_small_instances`, :func:`fill_instance_holes`,
+  :func:`binary_fill_holes`: vectorised clean-up.
 
 Every function takes ``(H, W)`` or ``(D, H, W)`` arrays (no channel axis) and returns ``int32`` labels with
 0 = background and ids ``1..N``; all work is done by SciPy / scikit-image on whole arrays, never per instance.
@@ -38,6 +39,7 @@ __all__ = [
     "footprint",
     "label_peaks",
     "seed_orphans",
+    "binary_fill_holes",
 ]
 
 
@@ -198,7 +200,7 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     """
     lab = np.asarray(labels).astype(np.int32, copy=True)
     fg = lab > 0
-    holes = ndimage.binary_fill_holes(fg) & ~fg
+    holes = binary_fill_holes(fg) & ~fg
     if not holes.any():
         return lab
     # nearest instance pixel for every hole pixel (feature transform), one call for all holes
@@ -206,6 +208,33 @@ def fill_instance_holes(labels: np.ndarray) -> np.ndarray:
     nearest = lab[tuple(idx)]
     lab[holes] = nearest[holes]
     return lab
+
+
+def binary_fill_holes(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` by one labelling of the background instead of a dilation iterated to
+    convergence (several times faster on large or batched masks; same result).
+
+    A hole is a background component (``structure`` connectivity; default faces only) that reaches no array face
+    along an axis the structure connects, so a structure without off-centre elements along the first axis fills
+    a batch ``(N, H, W)`` of 2D masks each on its own.
+
+    Args:
+        mask: boolean (or > 0) array.
+        structure: symmetric ``3^ndim`` connectivity, as for ``binary_fill_holes``.
+    """
+    m = np.asarray(mask) > 0
+    st = ndimage.generate_binary_structure(m.ndim, 1) if structure is None else np.asarray(structure, bool)
+    if st.shape != (3,) * m.ndim or not (st == st[(slice(None, None, -1),) * m.ndim]).all():
+        raise ValueError(f"structure must be a symmetric 3^{m.ndim} array, got shape {st.shape}")
+    bg_lab, n = ndimage.label(~m, st)
+    if n == 0:
+        return m
+    outside = np.zeros(n + 1, bool)
+    for axis in range(m.ndim):
+        if st.take([0, 2], axis=axis).any():  # the structure reaches past this axis's faces
+            outside[bg_lab.take([0, -1], axis=axis)] = True
+    outside[0] = True  # the mask itself
+    return m | ~outside[bg_lab]
 
 
 def seed_orphans(markers: np.ndarray, comps: np.ndarray, n_comp: int) -> np.ndarray:
@@ -261,7 +290,7 @@ def distance_watershed(
             fp = footprint(r, nd)
             m = ndimage.binary_closing(ndimage.binary_opening(m, fp), fp)
     if fill_holes:
-        m = ndimage.binary_fill_holes(m)
+        m = binary_fill_holes(m)
     if not m.any():
         return np.zeros(m.shape, np.int32)
     dist = ndimage.distance_transform_edt(m)
@@ -335,7 +364,7 @@ def marker_watershed(
     fg = _spatial(fg_prob, "fg_prob").astype(np.float32)
     mask = fg > fg_threshold
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = binary_fill_holes(mask)
     if edge_prob is None:
         return distance_watershed(mask, min_distance=fallback_min_distance, min_size=min_size, fill_holes=False)
     edge = _spatial(edge_prob, "edge_prob").astype(np.float32)

@@ -33,7 +33,7 @@ from skimage import filters
 from skimage.segmentation import watershed
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import footprint, label_peaks
+from monai_ext.postprocess.watershed import binary_fill_holes, footprint, label_peaks
 from monai_ext.transforms.coin import hematoxylin, rgb_to_hed
 from monai_ext.utils import get_device, to_numpy
 
@@ -111,7 +111,19 @@ def _fill_holes_batch(masks: np.ndarray) -> np.ndarray:
     """``binary_fill_holes`` of every ``(S, S)`` mask of a batch in one call (in-plane connectivity only)."""
     st = np.zeros((3, 3, 3), bool)
     st[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(masks, structure=st)
+    return binary_fill_holes(masks, structure=st)
+
+
+def _paint_disks(shape: tuple[int, int], y: np.ndarray, x: np.ndarray, ids: np.ndarray, radius: int) -> np.ndarray:
+    """``int32`` image with a disk of ``radius`` and value ``ids[i]`` around every ``(y[i], x[i])`` (the largest id
+    where disks overlap): the grey dilation of the point image, written at the points only."""
+    out = np.zeros(shape, np.int32)
+    off = np.argwhere(footprint(radius, 2)) - max(int(radius), 0)
+    yy = np.asarray(y)[:, None] + off[:, 0]
+    xx = np.asarray(x)[:, None] + off[:, 1]
+    ok = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
+    np.maximum.at(out, (yy[ok], xx[ok]), np.broadcast_to(np.asarray(ids, np.int32)[:, None], yy.shape)[ok])
+    return out
 
 
 def _snap_to_mask(mask: np.ndarray, y: np.ndarray, x: np.ndarray, radius: float
@@ -245,7 +257,7 @@ class ClassicalRefiner:
         m, cols = mosaic(fg, gap, False)
         if self.opening > 0:
             m = ndimage.binary_opening(m, footprint(self.opening, 2))
-        m = ndimage.binary_fill_holes(m)
+        m = binary_fill_holes(m)
         # prompt position of every window in mosaic coordinates
         k = np.arange(n)
         off = np.floor(pts).astype(np.int64) - origins  # = (s // 2, s // 2)
@@ -276,10 +288,9 @@ class ClassicalRefiner:
         protect = None
         if self.prompt_radius > 0 and valid.any():
             # disks around the prompts (windows are >= 32 px apart, so disks never reach a neighbour's window)
-            pt_img = np.zeros(m.shape, np.int32)
-            pt_img[sy[valid], sx[valid]] = k[valid] + 1
-            protect = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius + 2, 2))
-            disk_id = ndimage.grey_dilation(pt_img, footprint=footprint(self.prompt_radius, 2))
+            pt = (sy[valid], sx[valid], k[valid] + 1)
+            protect = _paint_disks(m.shape, *pt, self.prompt_radius + 2)
+            disk_id = _paint_disks(m.shape, *pt, self.prompt_radius)
             own_comp = np.zeros(n + 1, np.int64)
             own_comp[k[valid] + 1] = comps[sy[valid], sx[valid]]
             markers[(protect > 0) & (markers > n)] = 0  # no competing marker next to the click
@@ -299,9 +310,16 @@ class ClassicalRefiner:
                 bg &= protect == 0
             markers[bg & (markers == 0)] = bg_id
             # only the background marker's rim can flood anything: leaving its interior out of the mask gives the
-            # same basins (same flooding order) with a far smaller priority queue (about 2x faster)
-            inner = ndimage.binary_erosion(markers == bg_id, border_value=1)
-            basins = watershed(self._gradient_mosaic(img, origins, s, gap, cols), markers, mask=~inner)
+            # same basins (same flooding order) with a far smaller priority queue (about 2x faster) ...
+            flood = ~ndimage.binary_erosion(markers == bg_id, border_value=1)
+            # ... and only the parts of the mask that hold a prompt can give it pixels: the others (other nuclei's
+            # candidate blobs, window rims) are left out too, as flooding never crosses the mask (1.3x faster)
+            parts, _ = ndimage.label(flood)  # the watershed's own (face) connectivity
+            has_prompt = np.zeros(int(parts.max()) + 1, bool)
+            has_prompt[parts[(markers > 0) & (markers <= n)]] = True
+            has_prompt[0] = False
+            flood &= has_prompt[parts]
+            basins = watershed(self._gradient_mosaic(img, origins, s, gap, cols), markers, mask=flood)
             own = _fill_holes_batch(unmosaic(basins, n, s, cols, gap) == (k + 1)[:, None, None])
         else:
             basins = watershed(-smooth, markers, mask=sel)

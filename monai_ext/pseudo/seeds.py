@@ -26,7 +26,13 @@ from scipy import ndimage
 from skimage import filters
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import distance_watershed, footprint, relabel_sequential, remove_small_instances
+from monai_ext.postprocess.watershed import (
+    binary_fill_holes,
+    distance_watershed,
+    footprint,
+    relabel_sequential,
+    remove_small_instances,
+)
 from monai_ext.transforms.coin import hematoxylin
 from monai_ext.utils import to_numpy
 
@@ -80,7 +86,7 @@ class StainWatershedSeeds:
         mask = h > thr
         if self.opening > 0:
             mask = ndimage.binary_opening(mask, footprint(self.opening, 2))
-        return ndimage.binary_fill_holes(mask)
+        return binary_fill_holes(mask)
 
     def __call__(self, image: Any, sample_id: str | None = None) -> np.ndarray:
         mask = self.foreground(to_numpy(image))
