@@ -29,7 +29,13 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from monai_ext.errors import DataError
-from monai_ext.postprocess.watershed import binary_fill_holes, check_finite, relabel_sequential, remove_small_instances
+from monai_ext.postprocess.watershed import (
+    binary_fill_holes,
+    check_finite,
+    relabel_sequential,
+    remove_small_instances,
+    seed_orphans,
+)
 from monai_ext.utils import to_numpy
 
 __all__ = [
@@ -121,16 +127,11 @@ def centre_watershed(fg_prob: Any, heatmap: Any, fg_threshold: float = 0.5, peak
     mask = _mask(p, fg_threshold, fill_holes)
     if not mask.any():
         return np.zeros(p.shape, np.int32)
-    markers, n_markers = centre_markers(h, mask, peak_threshold, prominence, min_distance)
+    markers, _ = centre_markers(h, mask, peak_threshold, prominence, min_distance)
     markers = markers.astype(np.int32)
     comps, n_comp = ndimage.label(mask, ndimage.generate_binary_structure(2, 1))
-    has = np.zeros(n_comp + 1, bool)
-    has[comps[markers > 0]] = True
-    orphan = np.flatnonzero(~has[1:]) + 1
+    seed_orphans(markers, comps, n_comp)  # one marker per component without a peak
     inner = ndimage.distance_transform_edt(mask)
-    if orphan.size:  # one marker per component without a peak, at its most interior pixel
-        pos = np.asarray(ndimage.maximum_position(inner, comps, orphan), dtype=np.int64).reshape(orphan.size, 2)
-        markers[pos[:, 0], pos[:, 1]] = n_markers + 1 + np.arange(orphan.size, dtype=np.int32)
     # -heatmap splits touching objects at the valley between centres; the distance term breaks flat plateaus
     elevation = -h - 1e-3 * inner / (inner.max() + 1e-6)
     labels = watershed(elevation, markers, mask=mask)

@@ -298,7 +298,7 @@ def distance_watershed(
         dist = ndimage.gaussian_filter(dist, sigma)
     comps, n_comp = ndimage.label(m, ndimage.generate_binary_structure(nd, nd))
     peak_mask = label_peaks(dist, comps, footprint(min_distance, nd))
-    markers, n_mark = ndimage.label(peak_mask, ndimage.generate_binary_structure(nd, connectivity))
+    markers, _ = ndimage.label(peak_mask, ndimage.generate_binary_structure(nd, connectivity))
     seed_orphans(markers, comps, n_comp)  # components without a peak keep one id each
     # flood with the connectivity the components were found with (full), or a pixel touching its object only
     # diagonally would stay unlabelled
